@@ -1,0 +1,37 @@
+"""Installable package for resnest_gluon (ResNeSt training framework in MXNet Gluon)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="resnest_gluon",
+    version="0.1.0",
+    description="ResNeSt (Split-Attention Networks) training, evaluation and export in MXNet Gluon",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.8",
+    packages=find_packages(include=["resnest_gluon", "resnest_gluon.*",
+                                    "recordio_tools", "recordio_tools.*"]),
+    install_requires=[
+        # mxnet 1.9.1 breaks with numpy >= 1.24 (np.bool, np.PZERO were removed).
+        "numpy==1.23.5",
+        "mxnet==1.9.1",
+        "PyYAML>=5.4",
+        "tqdm>=4.50",
+        "Pillow>=9.0",
+        "opencv-python<4.9",
+        "matplotlib<3.9",
+    ],
+    extras_require={
+        # The CUDA build replaces the CPU one: pip install resnest_gluon[cu112] then
+        # pip uninstall mxnet (both provide the `mxnet` module).
+        "cu112": ["mxnet-cu112==1.9.1"],
+        "onnx": ["onnx==1.15.0", "onnxruntime==1.19.2", "protobuf<4"],
+        "dist": ["horovod==0.28.1"],
+        "dev": ["gluoncv==0.10.5.post0", "scikit-learn==1.3.2", "scipy<1.12", "pandas<2.2",
+                "pytest>=7", "pytest-timeout", "onnx==1.15.0", "onnxruntime==1.19.2"],
+    },
+    entry_points={
+        "console_scripts": [
+            "resnest-summary=resnest_gluon.models.summary:main",
+        ],
+    },
+)
