@@ -117,31 +117,32 @@ class Bottleneck(nn.HybridBlock):
         self.avd = avd and (strides > 1 or previous_dilation != dilation)
         self.avd_first = avd_first
         conv2_strides = 1 if self.avd else strides
-        with self.name_scope():
-            self.conv1 = nn.Conv2D(width, 1, use_bias=False, in_channels=in_channels)
-            self.bn1 = nn.BatchNorm(in_channels=width, **norm_kwargs)
-            if radix >= 1:
-                self.conv2 = SplitAttentionConv(
-                    width, 3, conv2_strides, dilation, dilation, cardinality=cardinality,
-                    radix=radix, in_channels=width, attention_dropout=attention_dropout,
-                    norm_kwargs=norm_kwargs)
-                self.bn2 = None
-            else:
-                self.conv2 = nn.Conv2D(width, 3, conv2_strides, dilation, dilation,
-                                       groups=cardinality, use_bias=False, in_channels=width)
-                self.bn2 = nn.BatchNorm(in_channels=width, **norm_kwargs)
-            self.conv3 = nn.Conv2D(planes * EXPANSION, 1, use_bias=False, in_channels=width)
-            gamma_init = "zeros" if last_gamma else "ones"
-            self.bn3 = nn.BatchNorm(in_channels=planes * EXPANSION,
-                                    gamma_initializer=gamma_init, **norm_kwargs)
-            self.avd_layer = nn.AvgPool2D(3, strides, padding=1) if self.avd else None
-            self.downsample = downsample
-            if dropblock_prob is None:
-                self.dropblock1 = self.dropblock2 = self.dropblock3 = None
-            else:
-                self.dropblock1 = DropBlock(dropblock_prob)
-                self.dropblock2 = DropBlock(dropblock_prob)
-                self.dropblock3 = DropBlock(dropblock_prob)
+        # No name_scope: children are named in the enclosing scope, like the published
+        # blocks, so prefixed weight files (resnest_layers1_conv1_weight, ...) match.
+        self.conv1 = nn.Conv2D(width, 1, use_bias=False, in_channels=in_channels)
+        self.bn1 = nn.BatchNorm(in_channels=width, **norm_kwargs)
+        if radix >= 1:
+            self.conv2 = SplitAttentionConv(
+                width, 3, conv2_strides, dilation, dilation, cardinality=cardinality,
+                radix=radix, in_channels=width, attention_dropout=attention_dropout,
+                norm_kwargs=norm_kwargs)
+            self.bn2 = None
+        else:
+            self.conv2 = nn.Conv2D(width, 3, conv2_strides, dilation, dilation,
+                                   groups=cardinality, use_bias=False, in_channels=width)
+            self.bn2 = nn.BatchNorm(in_channels=width, **norm_kwargs)
+        self.conv3 = nn.Conv2D(planes * EXPANSION, 1, use_bias=False, in_channels=width)
+        gamma_init = "zeros" if last_gamma else "ones"
+        self.bn3 = nn.BatchNorm(in_channels=planes * EXPANSION,
+                                gamma_initializer=gamma_init, **norm_kwargs)
+        self.avd_layer = nn.AvgPool2D(3, strides, padding=1) if self.avd else None
+        self.downsample = downsample
+        if dropblock_prob is None:
+            self.dropblock1 = self.dropblock2 = self.dropblock3 = None
+        else:
+            self.dropblock1 = DropBlock(dropblock_prob)
+            self.dropblock2 = DropBlock(dropblock_prob)
+            self.dropblock3 = DropBlock(dropblock_prob)
 
     def hybrid_forward(self, F, x):
         out = self.bn1(self.conv1(x))
@@ -219,16 +220,17 @@ class ResNeSt(nn.HybridBlock):
         stem_out = stem_width * 2 if deep_stem else 64
         with self.name_scope():
             if deep_stem:
+                # Created in the root scope, not the Sequential's: the published prefixed
+                # names (resnest_conv0_weight, ...) come from that.
                 self.conv1 = nn.HybridSequential(prefix="conv1")
-                with self.conv1.name_scope():
-                    self.conv1.add(
-                        nn.Conv2D(stem_width, 3, 2, 1, use_bias=False, in_channels=in_channels),
-                        nn.BatchNorm(in_channels=stem_width, **norm_kwargs),
-                        nn.Activation("relu"),
-                        nn.Conv2D(stem_width, 3, 1, 1, use_bias=False, in_channels=stem_width),
-                        nn.BatchNorm(in_channels=stem_width, **norm_kwargs),
-                        nn.Activation("relu"),
-                        nn.Conv2D(stem_out, 3, 1, 1, use_bias=False, in_channels=stem_width))
+                self.conv1.add(
+                    nn.Conv2D(stem_width, 3, 2, 1, use_bias=False, in_channels=in_channels),
+                    nn.BatchNorm(in_channels=stem_width, **norm_kwargs),
+                    nn.Activation("relu"),
+                    nn.Conv2D(stem_width, 3, 1, 1, use_bias=False, in_channels=stem_width),
+                    nn.BatchNorm(in_channels=stem_width, **norm_kwargs),
+                    nn.Activation("relu"),
+                    nn.Conv2D(stem_out, 3, 1, 1, use_bias=False, in_channels=stem_width))
             else:
                 self.conv1 = nn.Conv2D(64, 7, 2, 3, use_bias=False, in_channels=in_channels)
             self.bn1 = nn.BatchNorm(in_channels=stem_out, **norm_kwargs)

@@ -65,16 +65,17 @@ class SplitAttentionConv(nn.HybridBlock):
         self.cardinality = cardinality
         self.channels = channels
         inter_channels = attention_channels(in_channels, radix)
-        with self.name_scope():
-            self.conv = nn.Conv2D(channels * radix, kernel_size, strides, padding, dilation,
-                                  groups=cardinality * radix, use_bias=False,
-                                  in_channels=in_channels)
-            self.bn = nn.BatchNorm(in_channels=channels * radix, **norm_kwargs)
-            self.fc1 = nn.Conv2D(inter_channels, 1, in_channels=channels, groups=cardinality)
-            self.bn1 = nn.BatchNorm(in_channels=inter_channels, **norm_kwargs)
-            self.drop = nn.Dropout(attention_dropout) if attention_dropout > 0 else None
-            self.fc2 = nn.Conv2D(channels * radix, 1, in_channels=inter_channels,
-                                 groups=cardinality)
+        # No name_scope: children are named in the enclosing scope, like the published
+        # blocks, so prefixed weight files (resnest_layers1_conv1_weight, ...) match.
+        self.conv = nn.Conv2D(channels * radix, kernel_size, strides, padding, dilation,
+                              groups=cardinality * radix, use_bias=False,
+                              in_channels=in_channels)
+        self.bn = nn.BatchNorm(in_channels=channels * radix, **norm_kwargs)
+        self.fc1 = nn.Conv2D(inter_channels, 1, in_channels=channels, groups=cardinality)
+        self.bn1 = nn.BatchNorm(in_channels=inter_channels, **norm_kwargs)
+        self.drop = nn.Dropout(attention_dropout) if attention_dropout > 0 else None
+        self.fc2 = nn.Conv2D(channels * radix, 1, in_channels=inter_channels,
+                             groups=cardinality)
 
     def hybrid_forward(self, F, x):
         x = F.relu(self.bn(self.conv(x)))
