@@ -31,7 +31,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "resnest-summary=resnest_gluon.models.summary:main",
+            "resnest-summary=resnest_gluon.commands.summary:main",
         ],
     },
 )

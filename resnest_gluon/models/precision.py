@@ -1,0 +1,45 @@
+"""Running a network in reduced precision.
+
+This module owns :func:`to_precision`: float16 by casting the parameters (what GPUs run; MXNet
+has no float16 GEMM on CPU) and bfloat16 through MXNet AMP (oneDNN kernels on CPUs with
+AVX512-BF16), which keeps numerically sensitive operators (softmax, BatchNorm statistics, sums)
+in float32.
+"""
+import mxnet as mx
+
+__all__ = ["to_precision", "PRECISIONS"]
+
+PRECISIONS = ("float32", "float16", "bfloat16")
+
+
+def to_precision(net, dtype: str, input_shape=(1, 3, 224, 224), ctx=None):
+    """Return a network that computes in ``dtype``.
+
+    Parameters
+    ----------
+    net : HybridBlock
+        An initialised network (float32).
+    dtype : {"float32", "float16", "bfloat16"}
+        float32 returns ``net``; float16 casts ``net`` in place (inputs must then be float16);
+        bfloat16 returns a new AMP-converted ``SymbolBlock`` that takes and returns float32.
+    input_shape : tuple
+        Example input shape used to trace the graph for bfloat16.
+    ctx : mxnet.Context, optional
+        Context of the example input (default CPU).
+
+    Returns
+    -------
+    HybridBlock
+    """
+    if dtype not in PRECISIONS:
+        raise ValueError(f"dtype must be one of {PRECISIONS}, got {dtype!r}")
+    if dtype == "float32":
+        return net
+    if dtype == "float16":
+        net.cast("float16")
+        return net
+    from mxnet.contrib import amp  # imported here: AMP registers its op lists on import
+    ctx = ctx or mx.cpu()
+    net.hybridize(static_alloc=True, static_shape=True)
+    net(mx.nd.zeros(input_shape, ctx=ctx))
+    return amp.convert_hybrid_block(net, target_dtype="bfloat16", ctx=ctx)

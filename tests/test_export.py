@@ -1,0 +1,83 @@
+"""Hybridize, export for serving, and reduced precision."""
+import subprocess
+import sys
+import textwrap
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from resnest_gluon import get_model
+from resnest_gluon.export import export_symbol
+from resnest_gluon.models.precision import to_precision
+
+
+def _net(name="resnest14", **kw):
+    net = get_model(name, classes=10, **kw)
+    net.initialize(mx.init.Xavier(magnitude=2.0))
+    return net
+
+
+@pytest.mark.parametrize("name", ["resnest14", "resnet50d", "resnest50_fast_1s4x24d"])
+def test_hybridized_static_equals_imperative(name, photos):
+    net = _net(name, dropblock_prob=0.1)
+    imperative = net(photos).asnumpy()
+    net.hybridize(static_alloc=True, static_shape=True)
+    np.testing.assert_allclose(net(photos).asnumpy(), imperative, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(net(photos).asnumpy(), imperative, rtol=1e-4, atol=1e-5)
+
+
+def test_export_loads_in_plain_mxnet(tmp_path, photos):
+    net = _net(dropblock_prob=0.1)
+    expected = net(photos).asnumpy()
+    result = export_symbol(net, str(tmp_path / "model"), input_size=64, batch_size=4,
+                           sample=photos)
+    assert result.max_abs_diff < 1e-5
+    np.save(tmp_path / "x.npy", photos.asnumpy())
+    # a fresh interpreter that never imports resnest_gluon
+    code = textwrap.dedent(f"""
+        import sys, numpy as np, mxnet as mx
+        net = mx.gluon.SymbolBlock.imports({result.symbol_file!r}, ["data"],
+                                           {result.params_file!r})
+        out = net(mx.nd.array(np.load({str(tmp_path / 'x.npy')!r})))
+        np.save({str(tmp_path / 'y.npy')!r}, out.asnumpy())
+        assert not any(m.startswith("resnest_gluon") for m in sys.modules)
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tmp_path))
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-4, atol=1e-5)
+    # the serving graph carries no DropBlock random ops, and the net keeps its probability
+    assert "uniform" not in open(result.symbol_file).read()
+    assert net.layer3[0].dropblock1.drop_prob == 0.1
+
+
+def test_float16_cast_gives_a_consistent_graph():
+    # MXNet has no float16 GEMM on CPU, so check what a GPU would run: every parameter and
+    # every intermediate of the training graph (DropBlock active) types as float16.
+    net = to_precision(_net(dropblock_prob=0.1), "float16")
+    for name, p in net.collect_params().items():
+        # BatchNorm keeps float32 scale/shift and statistics with float16 data, by design.
+        want = "float32" if "batchnorm" in name else "float16"
+        assert np.dtype(p.dtype) == np.dtype(want), name
+    sym = net(mx.sym.var("data", dtype="float16"))
+    _, out_types, _ = sym.infer_type(data="float16")
+    assert out_types == [np.float16]
+    arg_types, _, _ = sym.get_internals().infer_type(data="float16")
+    assert None not in arg_types
+
+
+def test_bfloat16_amp_on_cpu_close_to_float32(photos):
+    net = _net()
+    expected = net(photos).asnumpy()
+    bf16 = to_precision(net, "bfloat16", input_shape=photos.shape)
+    got = bf16(photos).asnumpy()
+    assert got.dtype == np.float32
+    # bfloat16 keeps 8 bits of mantissa: about 2-3 significant digits
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+    # and it really computes in bfloat16 inside
+    _, types, _ = bf16(mx.sym.var("data")).get_internals().infer_type(data="float32")
+    assert sum("bfloat16" in str(t) for t in types) > 50
+
+
+def test_unknown_precision():
+    with pytest.raises(ValueError, match="dtype"):
+        to_precision(_net(), "int8")
