@@ -32,6 +32,10 @@ setup(
     entry_points={
         "console_scripts": [
             "resnest-summary=resnest_gluon.commands.summary:main",
+            "recordio-tools=recordio_tools.__main__:main",
+            "recordio-pack=recordio_tools.pack:main",
+            "recordio-check=recordio_tools.check:main",
+            "recordio-inspect=recordio_tools.inspect_shards:main",
         ],
     },
 )

@@ -21,3 +21,26 @@ def photos():
     mean = mx.nd.array([123.7, 116.3, 103.5]).reshape((1, 3, 1, 1))
     std = mx.nd.array([58.4, 57.1, 57.4]).reshape((1, 3, 1, 1))
     return ((batch - mean) / std).astype("float32")
+
+
+def write_image_tree(root, classes=3, per_class=5, size=(400, 300), seed=0):
+    """ImageNet-style tree of real photo crops: root/c<k>/img<i>.jpg (different crops)."""
+    import os
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        os.makedirs(os.path.join(root, f"c{c}"), exist_ok=True)
+        for i in range(per_class):
+            img = photos[(c + i) % len(photos)]
+            y = int(rng.integers(0, img.shape[0] - size[1]))
+            x = int(rng.integers(0, img.shape[1] - size[0]))
+            crop = img[y:y + size[1], x:x + size[0]]
+            Image.fromarray(crop).save(os.path.join(root, f"c{c}", f"img{i}.jpg"), quality=90)
+    return root
+
+
+@pytest.fixture
+def photo_tree(tmp_path):
+    return write_image_tree(str(tmp_path / "tree"))

@@ -1,0 +1,124 @@
+"""``recordio_tools check``: verify shards record by record against their index and manifest.
+
+Checks that every ``.idx`` offset points at a record inside its ``.rec``, that every record
+decodes as an image, that labels lie in ``[0, classes)``, that the ``.rec`` holds no bytes
+after its last indexed record that look like a partial record, and that counts and checksums
+agree with the manifest. Every problem is reported with shard and index; the exit status is
+non-zero when anything is wrong.
+"""
+import argparse
+import io
+import json
+import logging
+import os
+import sys
+
+from PIL import Image
+from tqdm import tqdm
+
+from resnest_gluon.data.recordio import (MissingIndexError, RecordFile, RecordFormatError,
+                                         resolve_shards, unpack_record)
+
+from .pack import _sha256
+
+__all__ = ["check", "build_parser", "main", "find_manifest"]
+
+log = logging.getLogger("recordio_tools.check")
+
+
+def find_manifest(rec_path):
+    """``PREFIX.manifest.json`` of a shard ``PREFIX-xxxxx-of-yyyyy.rec``, if present."""
+    base = rec_path[:-4]
+    if "-of-" in base:
+        base = base.rsplit("-", 3)[0]
+    path = base + ".manifest.json"
+    return path if os.path.isfile(path) else None
+
+
+def check(spec, num_classes=None, decode=True, checksums=True, progress=True):
+    """Check shards; returns a list of problem strings (empty when everything is fine)."""
+    problems = []
+    paths = resolve_shards(spec)
+    manifest_path = find_manifest(paths[0])
+    manifest = json.load(open(manifest_path)) if manifest_path else None
+    if manifest and num_classes is None:
+        num_classes = manifest["num_classes"]
+    by_name = {s["rec"]: s for s in manifest["shards"]} if manifest else {}
+    total = 0
+    for path in paths:
+        name = os.path.basename(path)
+        try:
+            shard = RecordFile(path)
+        except (MissingIndexError, RecordFormatError, ValueError) as err:
+            problems.append(f"{name}: {err}")
+            continue
+        offsets = shard.offsets
+        ends = []
+        for i in tqdm(range(len(shard)), desc=f"check {name}", unit="rec", disable=not progress,
+                      file=sys.stderr, leave=False):
+            where = f"{name} record {i} (byte {offsets[i]})"
+            if not 0 <= offsets[i] < shard.size:
+                problems.append(f"{where}: offset outside the file of {shard.size} bytes")
+                continue
+            try:
+                header, image = unpack_record(shard.read(i))
+            except RecordFormatError as err:
+                problems.append(f"{where}: {err}")
+                continue
+            ends.append(shard._file().tell())   # pylint: disable=protected-access
+            label = header.label if header.flag == 0 else header.label[0]
+            if num_classes is not None and not 0 <= label < num_classes:
+                problems.append(f"{where}: label {label:g} outside [0, {num_classes})")
+            if decode:
+                try:
+                    Image.open(io.BytesIO(image)).load()
+                except Exception as err:  # pylint: disable=broad-except
+                    problems.append(f"{where}: image does not decode ({err})")
+        if ends and max(ends) < shard.size:
+            problems.append(f"{name}: {shard.size - max(ends)} bytes after the last indexed "
+                            f"record (a partial record, or an index that misses records)")
+        total += len(shard)
+        expected = by_name.get(name)
+        if manifest is not None:
+            if expected is None:
+                problems.append(f"{name}: not listed in {manifest_path}")
+            else:
+                if expected["records"] != len(shard):
+                    problems.append(f"{name}: {len(shard)} records, manifest says "
+                                    f"{expected['records']}")
+                if checksums and _sha256(path) != expected["rec_sha256"]:
+                    problems.append(f"{name}: checksum differs from the manifest")
+    if manifest is not None and len(paths) == manifest["num_shards"] \
+            and total != manifest["records"]:
+        problems.append(f"{total} records in all, manifest says {manifest['records']}")
+    return problems, total
+
+
+def build_parser(parser=None):
+    parser = parser or argparse.ArgumentParser(prog="recordio-check")
+    parser.description = __doc__.splitlines()[0].split(": ", 1)[1]
+    parser.add_argument("shards", nargs="+", help=".rec file(s), shard prefix, glob or folder")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="label range (default: from the manifest)")
+    parser.add_argument("--no-decode", action="store_true", help="skip decoding images")
+    parser.add_argument("--no-checksum", action="store_true", help="skip checksums")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def run(args) -> int:
+    try:
+        problems, total = check(args.shards, args.num_classes, not args.no_decode,
+                                not args.no_checksum, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"check: {err}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(f"BAD {problem}")
+    print(f"{total} records checked, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run(build_parser().parse_args(argv))

@@ -1,0 +1,129 @@
+"""``recordio_tools inspect``: counts, label histogram, image sizes and a contact sheet."""
+import argparse
+import io
+import os
+import sys
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from resnest_gluon.data.recordio import ShardSet, unpack_record
+
+from .check import find_manifest
+
+__all__ = ["inspect", "build_parser", "main"]
+
+
+def _class_names(rec_path):
+    manifest = find_manifest(rec_path)
+    if not manifest:
+        return {}
+    classes = manifest[:-len(".manifest.json")] + ".classes.tsv"
+    names = {}
+    if os.path.isfile(classes):
+        for line in open(classes):
+            if not line.startswith("#") and line.strip():
+                fields = line.rstrip("\n").split("\t")
+                names[int(fields[0])] = fields[2] if len(fields) > 2 else fields[1]
+    return names
+
+
+def inspect(spec, samples=16, sheet=None, seed=0, max_sizes=2000):
+    """Summarise shards; optionally write a PNG contact sheet of ``samples`` records.
+
+    Returns
+    -------
+    dict
+        ``records``, ``shards`` (records per shard), ``labels`` (histogram), ``sizes``
+        (width/height statistics over up to ``max_sizes`` records).
+    """
+    shards = ShardSet(spec)
+    labels = {}
+    rng = np.random.default_rng(seed)
+    size_sample = set(rng.choice(len(shards), min(max_sizes, len(shards)), replace=False).tolist())
+    widths, heights = [], []
+    for index in range(len(shards)):
+        header, image = unpack_record(shards.read(index))
+        label = int(header.label if header.flag == 0 else header.label[0])
+        labels[label] = labels.get(label, 0) + 1
+        if index in size_sample:
+            try:
+                w, h = Image.open(io.BytesIO(image)).size
+                widths.append(w)
+                heights.append(h)
+            except Exception:  # pylint: disable=broad-except
+                pass   # unreadable: `check` reports those
+    summary = {"records": len(shards), "shards": dict(zip(map(os.path.basename, shards.paths),
+                                                          shards.shard_sizes())),
+               "labels": dict(sorted(labels.items())),
+               "sizes": {"width": _stats(widths), "height": _stats(heights)}}
+    if sheet:
+        picks = rng.choice(len(shards), min(samples, len(shards)), replace=False)
+        _contact_sheet(shards, sorted(picks.tolist()), sheet, _class_names(shards.paths[0]))
+        summary["sheet"] = sheet
+    return summary
+
+
+def _stats(values):
+    if not values:
+        return {}
+    arr = np.asarray(values)
+    return {"min": int(arr.min()), "mean": round(float(arr.mean()), 1),
+            "median": float(np.median(arr)), "max": int(arr.max())}
+
+
+def _contact_sheet(shards, indices, path, names, tile=160):
+    cols = int(np.ceil(np.sqrt(len(indices))))
+    rows = int(np.ceil(len(indices) / cols))
+    sheet = Image.new("RGB", (cols * tile, rows * (tile + 14)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for n, index in enumerate(indices):
+        header, image = unpack_record(shards.read(index))
+        label = int(header.label if header.flag == 0 else header.label[0])
+        try:
+            img = Image.open(io.BytesIO(image)).convert("RGB")
+            img.thumbnail((tile, tile))
+        except Exception:  # pylint: disable=broad-except
+            img = Image.new("RGB", (tile, tile), "red")
+        x, y = (n % cols) * tile, (n // cols) * (tile + 14)
+        sheet.paste(img, (x + (tile - img.size[0]) // 2, y + (tile - img.size[1]) // 2))
+        draw.text((x + 2, y + tile), f"{label}: {names.get(label, '')}"[:26], fill="black")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sheet.save(path)
+
+
+def build_parser(parser=None):
+    parser = parser or argparse.ArgumentParser(prog="recordio-inspect")
+    parser.description = __doc__.splitlines()[0].split(": ", 1)[1]
+    parser.add_argument("shards", nargs="+", help=".rec file(s), shard prefix, glob or folder")
+    parser.add_argument("--sheet", help="write a PNG contact sheet here")
+    parser.add_argument("--samples", type=int, default=16, help="images on the sheet (16)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--top", type=int, default=20, help="histogram lines to print (20)")
+    return parser
+
+
+def run(args) -> int:
+    try:
+        summary = inspect(args.shards, args.samples, args.sheet, args.seed)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"inspect: {err}", file=sys.stderr)
+        return 2
+    print(f"{summary['records']} records in {len(summary['shards'])} shard(s)")
+    for name, count in summary["shards"].items():
+        print(f"  {name}: {count}")
+    labels = summary["labels"]
+    print(f"{len(labels)} labels; most frequent:")
+    for label, count in sorted(labels.items(), key=lambda kv: -kv[1])[:args.top]:
+        print(f"  {label:6d} {count:8d}")
+    for axis in ("width", "height"):
+        s = summary["sizes"][axis]
+        if s:
+            print(f"{axis}: min {s['min']} median {s['median']:g} mean {s['mean']} max {s['max']}")
+    if args.sheet:
+        print(f"contact sheet: {args.sheet}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run(build_parser().parse_args(argv))

@@ -1,0 +1,306 @@
+"""``recordio_tools pack``: images -> sharded RecordIO with a classes file and a manifest.
+
+Shards are written under temporary names and renamed when complete, with a small per-shard
+JSON written last; a re-run with the same inputs and options skips the shards that are
+complete and writes the rest. Unreadable or non-image inputs are reported and skipped.
+"""
+import argparse
+import hashlib
+import io
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import random
+import sys
+import time
+
+from PIL import Image
+from tqdm import tqdm
+
+from resnest_gluon.data.recordio import RecordWriter, pack_record, shard_name
+
+from . import sources
+
+__all__ = ["pack", "build_parser", "main", "encode_image"]
+
+log = logging.getLogger("recordio_tools.pack")
+FORMAT = "resnest_gluon-shards/1"
+
+
+def encode_image(path: str, resize: int = 0, quality: int = 95):
+    """Read one input and return ``(payload_bytes, (w, h), None)`` or ``(None, None, reason)``.
+
+    Without ``resize`` JPEG and PNG bytes are stored unchanged (after a decode check); other
+    formats are re-encoded as JPEG. With ``resize`` the shorter side is reduced to ``resize``
+    (never enlarged) and the image re-encoded as JPEG at ``quality``.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        img = Image.open(io.BytesIO(raw))
+        fmt = img.format
+        size = img.size
+        if resize and min(size) > resize:
+            scale = resize / min(size)
+            target = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+            if fmt == "JPEG":
+                img.draft("RGB", target)
+            img = img.convert("RGB").resize(target, Image.BICUBIC)
+        elif fmt in ("JPEG", "PNG") and not resize:
+            # decode check at reduced scale: reads the whole entropy-coded stream
+            if fmt == "JPEG":
+                img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            img.load()
+            return raw, size, None
+        else:
+            img = img.convert("RGB")
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=quality)
+        return out.getvalue(), img.size, None
+    except Exception as err:  # pylint: disable=broad-except
+        # any failure of an input is that input's problem: report and skip it
+        return None, None, f"{type(err).__name__}: {err}"
+
+
+def _encode_task(args):
+    index, path, label, resize, quality = args
+    payload, size, reason = encode_image(path, resize, quality)
+    if payload is None:
+        return index, path, label, None, None, reason
+    return index, path, label, pack_record(label, payload, record_id=index), size, None
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def plan_shards(items, num_shards):
+    """Split items into ``num_shards`` contiguous, nearly equal pieces."""
+    n = len(items)
+    return [items[i * n // num_shards:(i + 1) * n // num_shards] for i in range(num_shards)]
+
+
+def _shard_digest(shard_items, options):
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
+    for index, path, label in shard_items:
+        digest.update(f"{index}\t{label}\t{path}\n".encode())
+    return digest.hexdigest()
+
+
+def pack(items, classes, prefix, num_shards=None, shard_size_mb=None, resize=0, quality=95,
+         shuffle=True, seed=0, workers=None, class_names=None, progress=True):
+    """Pack ``(path, label)`` items into shards ``PREFIX-xxxxx-of-yyyyy.rec``.
+
+    Parameters
+    ----------
+    items : list of (str, int)
+        Input files and labels.
+    classes : list of str
+        Class ids by label index (written to ``PREFIX.classes.tsv``).
+    prefix : str
+        Output path prefix.
+    num_shards, shard_size_mb : int, float, optional
+        Number of shards, or a target shard size from which it is derived (default: 1 shard
+        per 100 MB of input, at least 1).
+    resize, quality : int
+        Shorter-side resize (0 keeps the files unchanged) and JPEG quality.
+    shuffle, seed : bool, int
+        Seeded shuffle of the records before sharding.
+    workers : int, optional
+        Encoding processes (default: CPU count).
+    class_names : dict, optional
+        Human-readable names by class id.
+
+    Returns
+    -------
+    dict
+        The manifest (also written to ``PREFIX.manifest.json``).
+    """
+    if not items:
+        raise ValueError("no input images found")
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    indexed = [(i, path, label) for i, (path, label) in enumerate(sorted(items))]
+    if shuffle:
+        random.Random(seed).shuffle(indexed)
+    if num_shards is None:
+        total_bytes = sum(os.path.getsize(p) for _, p, _ in indexed if os.path.exists(p))
+        target = (shard_size_mb or 100) * 1e6
+        num_shards = max(1, math.ceil(total_bytes / target))
+    num_shards = max(1, min(int(num_shards), len(indexed)))
+    options = {"resize": resize, "quality": quality, "shuffle": shuffle, "seed": seed,
+               "num_shards": num_shards}
+    base = os.path.basename(prefix)
+    _write_classes(prefix, classes, class_names or {})
+    with open(prefix + ".lst", "w") as lst:
+        for index, path, label in sorted(indexed):
+            lst.write(f"{index}\t{label}\t{path}\n")
+
+    shard_plans = plan_shards(indexed, num_shards)
+    stats, todo = [None] * num_shards, []
+    for s, shard_items in enumerate(shard_plans):
+        digest = _shard_digest(shard_items, options)
+        stats_path = shard_name(prefix, s, num_shards, ".json")
+        rec_path = shard_name(prefix, s, num_shards, ".rec")
+        if os.path.exists(stats_path) and os.path.exists(rec_path):
+            with open(stats_path) as handle:
+                previous = json.load(handle)
+            if previous.get("digest") == digest:
+                stats[s] = previous
+                continue
+        todo.append((s, shard_items, digest))
+    if len(todo) < num_shards:
+        log.info("%d of %d shards already complete; packing the other %d",
+                 num_shards - len(todo), num_shards, len(todo))
+
+    workers = workers or os.cpu_count() or 1
+    remaining = sum(len(t[1]) for t in todo)
+    bar = tqdm(total=remaining, unit="img", desc=f"pack {base}", disable=not progress,
+               dynamic_ncols=True, file=sys.stderr)
+    started = time.time()
+    pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        for s, shard_items, digest in todo:
+            tasks = [(i, p, lab, resize, quality) for i, p, lab in shard_items]
+            results = (pool.imap(_encode_task, tasks, chunksize=8) if pool
+                       else map(_encode_task, tasks))
+            stats[s] = _write_shard(prefix, s, num_shards, results, digest, bar)
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+    manifest = _write_manifest(prefix, classes, stats, options)
+    skipped = manifest["skipped"]
+    log.info("packed %d records into %d shards (%s-*-of-%05d.rec) in %.0f s; %d input(s) "
+             "skipped as unreadable", manifest["records"], num_shards, base, num_shards,
+             time.time() - started, len(skipped))
+    for entry in skipped[:20]:
+        log.warning("skipped %s: %s", entry["path"], entry["reason"])
+    return manifest
+
+
+def _write_shard(prefix, s, num_shards, results, digest, bar):
+    rec_path = shard_name(prefix, s, num_shards, ".rec")
+    writer = RecordWriter(rec_path)
+    per_class, skipped, sizes = {}, [], []
+    try:
+        for index, path, label, payload, size, reason in results:
+            bar.update(1)
+            if payload is None:
+                skipped.append({"index": index, "path": path, "reason": reason})
+                continue
+            writer.write(payload)
+            per_class[str(label)] = per_class.get(str(label), 0) + 1
+            sizes.append(size)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    stats = {"shard": s, "rec": os.path.basename(rec_path),
+             "idx": os.path.basename(writer.idx_path), "records": writer.count,
+             "bytes": os.path.getsize(rec_path), "rec_sha256": _sha256(rec_path),
+             "idx_sha256": _sha256(writer.idx_path), "per_class": per_class,
+             "skipped": skipped, "digest": digest}
+    stats_path = shard_name(prefix, s, num_shards, ".json")
+    with open(stats_path + ".tmp", "w") as handle:
+        json.dump(stats, handle)
+    os.replace(stats_path + ".tmp", stats_path)
+    return stats
+
+
+def _write_classes(prefix, classes, names):
+    with open(prefix + ".classes.tsv.tmp", "w") as handle:
+        handle.write("# index\tclass id\tname\n")
+        for i, wnid in enumerate(classes):
+            handle.write(f"{i}\t{wnid}\t{names.get(wnid, wnid)}\n")
+    os.replace(prefix + ".classes.tsv.tmp", prefix + ".classes.tsv")
+
+
+def _write_manifest(prefix, classes, stats, options):
+    per_class = [0] * len(classes)
+    for shard in stats:
+        for label, count in shard["per_class"].items():
+            per_class[int(label)] += count
+    manifest = {
+        "format": FORMAT, "name": os.path.basename(prefix), "num_shards": len(stats),
+        "num_classes": len(classes), "records": sum(s["records"] for s in stats),
+        "per_class": per_class, "options": options,
+        "shards": [{k: s[k] for k in ("rec", "idx", "records", "bytes", "rec_sha256",
+                                      "idx_sha256", "per_class")} for s in stats],
+        "skipped": [entry for s in stats for entry in s["skipped"]],
+    }
+    with open(prefix + ".manifest.json.tmp", "w") as handle:
+        json.dump(manifest, handle, indent=1)
+    os.replace(prefix + ".manifest.json.tmp", prefix + ".manifest.json")
+    return manifest
+
+
+def _read_class_names(path):
+    names = {}
+    with open(path) as handle:
+        for line in handle:
+            parts = line.strip().split(None, 1)
+            if parts:
+                names[parts[0]] = parts[1] if len(parts) > 1 else parts[0]
+    return names
+
+
+def build_parser(parser=None):
+    parser = parser or argparse.ArgumentParser(prog="recordio-pack")
+    parser.description = ("Pack images into RecordIO shards PREFIX-00000-of-000NN.rec/.idx "
+                          "(MXNet's format), with PREFIX.classes.tsv, PREFIX.manifest.json "
+                          "and PREFIX.lst. Interrupted? Run the same command again: complete "
+                          "shards are kept.")
+    parser.add_argument("source", help="ImageNet-style tree (SOURCE/<class>/<image>), a flat "
+                                       "folder (with --labels), or a .lst file (with --root)")
+    parser.add_argument("prefix", help="output prefix, e.g. /data/imagenet/train")
+    parser.add_argument("--labels", help="label file for a flat folder: 'filename class' "
+                                         "lines or LOC_val_solution.csv")
+    parser.add_argument("--root", default="", help="base folder of the paths in a .lst")
+    parser.add_argument("--classes", help="classes file of another pack (e.g. train's "
+                                          "PREFIX.classes.tsv) to reuse its label indices")
+    parser.add_argument("--class-names", help="'wnid name...' lines (LOC_synset_mapping.txt)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--shards", type=int, help="number of shards")
+    size.add_argument("--shard-size", type=float, default=None,
+                      help="target shard size in MB (default 100)")
+    parser.add_argument("--resize", type=int, default=0,
+                        help="shorter side in pixels (0: store files unchanged, default)")
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality when re-encoding")
+    parser.add_argument("--seed", type=int, default=0, help="shuffle seed (0)")
+    parser.add_argument("--no-shuffle", action="store_true", help="keep the sorted order")
+    parser.add_argument("--workers", type=int, default=None, help="processes (CPU count)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def run(args) -> int:
+    classes = sources.read_classes(args.classes) if args.classes else None
+    if args.source.endswith(".lst"):
+        items, found_classes = sources.read_lst(args.source, args.root)
+    elif args.labels:
+        items, found_classes = sources.scan_flat_with_labels(args.source, args.labels, classes)
+    elif os.path.isdir(args.source):
+        items, found_classes = sources.scan_tree(args.source, classes)
+    else:
+        raise SystemExit(f"pack: {args.source} is neither a folder nor a .lst file")
+    if args.resize < 0 or not 1 <= args.quality <= 100:
+        raise SystemExit("pack: --resize must be >= 0 and --quality in 1..100")
+    names = _read_class_names(args.class_names) if args.class_names else {}
+    manifest = pack(items, classes or found_classes, args.prefix, args.shards, args.shard_size,
+                    args.resize, args.quality, not args.no_shuffle, args.seed, args.workers,
+                    names, progress=not args.quiet)
+    print(f"{manifest['records']} records in {manifest['num_shards']} shard(s), "
+          f"{manifest['num_classes']} classes, {len(manifest['skipped'])} input(s) skipped; "
+          f"manifest {args.prefix}.manifest.json")
+    return 0
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run(build_parser().parse_args(argv))

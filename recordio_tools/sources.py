@@ -1,0 +1,116 @@
+"""Where images come from: an ImageNet-style tree, a validation folder with a label file, or
+an im2rec ``.lst`` list. Each source resolves to ``(path, label)`` items and a class list."""
+import csv
+import os
+from typing import Dict, List, Optional, Tuple
+
+__all__ = ["Item", "scan_tree", "scan_flat_with_labels", "read_lst", "read_classes",
+           "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+Item = Tuple[str, int]
+
+
+def _is_image_name(name):
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def read_classes(path: str) -> List[str]:
+    """Class ids (wnids) in index order from a classes file (``index<TAB>id[<TAB>name]``)."""
+    rows = []
+    with open(path) as handle:
+        for line in handle:
+            if line.strip() and not line.startswith("#"):
+                fields = line.rstrip("\n").split("\t")
+                rows.append((int(fields[0]), fields[1]))
+    rows.sort()
+    if [i for i, _ in rows] != list(range(len(rows))):
+        raise ValueError(f"{path}: class indices are not 0..{len(rows) - 1}")
+    return [wnid for _, wnid in rows]
+
+
+def scan_tree(root: str, classes: Optional[List[str]] = None):
+    """``root/<class>/<image>``: items and classes (sorted folder names unless given)."""
+    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not folders:
+        raise ValueError(f"{root} has no class folders (expected {root}/<class>/<image>)")
+    classes = classes or folders
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [f for f in folders if f not in index]
+    if unknown:
+        raise ValueError(f"{root}: folders {unknown[:5]} are not in the given classes file")
+    items = []
+    for folder in folders:
+        for dirpath, _, files in os.walk(os.path.join(root, folder)):
+            for name in sorted(files):
+                if not name.startswith("."):
+                    items.append((os.path.join(dirpath, name), index[folder]))
+    return items, classes
+
+
+def _read_label_file(path: str) -> Dict[str, str]:
+    """``filename class`` per line, or LOC_val_solution-style CSV ``ImageId,PredictionString``."""
+    mapping = {}
+    with open(path, newline="") as handle:
+        first = handle.readline()
+        handle.seek(0)
+        if first.lower().startswith("imageid,"):
+            for row in csv.DictReader(handle):
+                mapping[row["ImageId"]] = row["PredictionString"].split()[0]
+        else:
+            for line_no, line in enumerate(handle, 1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if len(fields) < 2:
+                    raise ValueError(f"{path}:{line_no}: expected 'filename class'")
+                mapping[fields[0]] = fields[1]
+    return mapping
+
+
+def scan_flat_with_labels(folder: str, label_file: str, classes: Optional[List[str]] = None):
+    """A flat folder of images plus a label file mapping file names (with or without
+    extension) to class ids or indices."""
+    mapping = _read_label_file(label_file)
+    values = sorted(set(mapping.values()))
+    if classes is None:
+        if all(v.isdigit() for v in values):
+            classes = [str(i) for i in range(max(int(v) for v in values) + 1)]
+        else:
+            classes = values
+    index = {c: i for i, c in enumerate(classes)}
+    items, missing = [], []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path) or name.startswith("."):
+            continue
+        key = name if name in mapping else os.path.splitext(name)[0]
+        if key not in mapping:
+            missing.append(name)
+            continue
+        cls = mapping[key]
+        if cls not in index:
+            if cls.isdigit() and int(cls) < len(classes):
+                items.append((path, int(cls)))
+                continue
+            raise ValueError(f"{label_file}: class {cls!r} of {name} is not a known class")
+        items.append((path, index[cls]))
+    if missing:
+        raise ValueError(f"{len(missing)} file(s) in {folder} have no label in {label_file}, "
+                         f"e.g. {missing[:3]}")
+    return items, classes
+
+
+def read_lst(lst_path: str, root: str = ""):
+    """im2rec list: ``index<TAB>label<TAB>path`` (path relative to ``root``)."""
+    items = []
+    with open(lst_path) as handle:
+        for line_no, line in enumerate(handle, 1):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < 3:
+                if line.strip():
+                    raise ValueError(f"{lst_path}:{line_no}: expected index<TAB>label<TAB>path")
+                continue
+            items.append((os.path.join(root, fields[-1]), int(float(fields[1]))))
+    classes = [str(i) for i in range(max((lab for _, lab in items), default=-1) + 1)]
+    return items, classes

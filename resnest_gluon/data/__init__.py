@@ -1,0 +1,15 @@
+"""The input side: RecordIO shards, partitions across ranks, transforms and parallel loading.
+
+Imports only MXNet, NumPy, Pillow and OpenCV; never ``models``, ``training`` or ``config``.
+"""
+from .loader import BatchLoader, DataError, normalize
+from .mix import MixConfig, mixup, soft_targets, targets_for_batch
+from .partition import batches_per_epoch, eval_batches, train_batches
+from .recordio import (MissingIndexError, RecordFile, RecordFormatError, RecordWriter, ShardSet,
+                       pack_record, resolve_shards, unpack_record)
+from .transforms import EvalTransform, TrainTransform
+
+__all__ = ["BatchLoader", "DataError", "normalize", "MixConfig", "mixup", "soft_targets",
+           "targets_for_batch", "batches_per_epoch", "eval_batches", "train_batches",
+           "MissingIndexError", "RecordFile", "RecordFormatError", "RecordWriter", "ShardSet",
+           "pack_record", "resolve_shards", "unpack_record", "EvalTransform", "TrainTransform"]

@@ -1,0 +1,129 @@
+"""AutoAugment (Cubuk et al., 2019) with the ImageNet policy, on PIL images.
+
+This module owns the image operations, their magnitude scales and the 25 ImageNet
+sub-policies. Magnitudes are the paper's 10 levels (0..9): shear up to 0.3, translation up to
+150/331 of the image side, rotation up to 30 degrees, enhancement factors 1 +- 0.9, posterize
+from 8 down to 4 bits, solarize threshold from 256 down to 0; geometric ops fill with grey 128
+as in the original implementation. A random sign is drawn for the signed operations.
+"""
+import random
+from typing import Callable, Dict, List, Tuple
+
+from PIL import Image, ImageEnhance, ImageOps
+
+__all__ = ["IMAGENET_POLICY", "OPS", "AutoAugment", "apply_op", "magnitude_value"]
+
+FILL = (128, 128, 128)
+LEVELS = 10
+
+# (operation, probability, level) pairs of the paper's ImageNet policy.
+IMAGENET_POLICY: List[Tuple[Tuple[str, float, int], Tuple[str, float, int]]] = [
+    (("Posterize", 0.4, 8), ("Rotate", 0.6, 9)),
+    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
+    (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)),
+    (("Posterize", 0.6, 7), ("Posterize", 0.6, 6)),
+    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)),
+    (("Equalize", 0.4, 4), ("Rotate", 0.8, 8)),
+    (("Solarize", 0.6, 3), ("Equalize", 0.6, 7)),
+    (("Posterize", 0.8, 5), ("Equalize", 1.0, 2)),
+    (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
+    (("Equalize", 0.6, 8), ("Posterize", 0.4, 6)),
+    (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
+    (("Rotate", 0.4, 9), ("Equalize", 0.6, 2)),
+    (("Equalize", 0.0, 7), ("Equalize", 0.8, 8)),
+    (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
+    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+    (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
+    (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
+    (("Sharpness", 0.4, 7), ("Invert", 0.6, 8)),
+    (("ShearX", 0.6, 5), ("Equalize", 1.0, 9)),
+    (("Color", 0.4, 0), ("Equalize", 0.6, 3)),
+    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)),
+    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
+    (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
+    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+    (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)),
+]
+
+
+def _affine(img, matrix):
+    return img.transform(img.size, Image.AFFINE, matrix, resample=Image.NEAREST, fillcolor=FILL)
+
+
+def _enhance(enhancer):
+    return lambda img, factor: enhancer(img).enhance(factor)
+
+
+def _posterize(img, bits):
+    return img if bits >= 8 else ImageOps.posterize(img, int(bits))
+
+
+def _solarize(img, threshold):
+    return img if threshold >= 256 else ImageOps.solarize(img, threshold)
+
+
+# name -> (function(img, value), maximum value, signed)
+OPS: Dict[str, Tuple[Callable, float, bool]] = {
+    "ShearX": (lambda img, v: _affine(img, (1, v, 0, 0, 1, 0)), 0.3, True),
+    "ShearY": (lambda img, v: _affine(img, (1, 0, 0, v, 1, 0)), 0.3, True),
+    "TranslateX": (lambda img, v: _affine(img, (1, 0, v * img.size[0], 0, 1, 0)), 150 / 331,
+                   True),
+    "TranslateY": (lambda img, v: _affine(img, (1, 0, 0, 0, 1, v * img.size[1])), 150 / 331,
+                   True),
+    "Rotate": (lambda img, v: img.rotate(v, resample=Image.NEAREST, fillcolor=FILL), 30.0, True),
+    "Color": (_enhance(ImageEnhance.Color), 0.9, True),
+    "Contrast": (_enhance(ImageEnhance.Contrast), 0.9, True),
+    "Brightness": (_enhance(ImageEnhance.Brightness), 0.9, True),
+    "Sharpness": (_enhance(ImageEnhance.Sharpness), 0.9, True),
+    "Posterize": (_posterize, None, False),
+    "Solarize": (_solarize, None, False),
+    "AutoContrast": (lambda img, v: ImageOps.autocontrast(img), None, False),
+    "Equalize": (lambda img, v: ImageOps.equalize(img), None, False),
+    "Invert": (lambda img, v: ImageOps.invert(img), None, False),
+}
+_ENHANCERS = {"Color", "Contrast", "Brightness", "Sharpness"}
+
+
+def magnitude_value(name: str, level: int, sign: float = 1.0) -> float:
+    """The operation's argument at ``level`` (0..9), with ``sign`` for signed operations."""
+    if not 0 <= level < LEVELS:
+        raise ValueError(f"AutoAugment level must be in 0..{LEVELS - 1}, got {level}")
+    if name == "Posterize":
+        return 8 - round(level * 4 / (LEVELS - 1))            # 8 bits .. 4 bits
+    if name == "Solarize":
+        return 256 - level * 256 / (LEVELS - 1)              # 256 (no-op) .. 0
+    _, maximum, signed = OPS[name]
+    if maximum is None:
+        return 0.0
+    value = maximum * level / (LEVELS - 1) * (sign if signed else 1.0)
+    return 1.0 + value if name in _ENHANCERS else value
+
+
+def apply_op(img: Image.Image, name: str, value: float) -> Image.Image:
+    """Apply operation ``name`` with argument ``value`` (see :func:`magnitude_value`)."""
+    return OPS[name][0](img, value)
+
+
+class AutoAugment:
+    """Pick one sub-policy at random and apply its two operations with their probabilities.
+
+    Parameters
+    ----------
+    policy : list, optional
+        Sub-policies as in :data:`IMAGENET_POLICY` (the default).
+    """
+
+    def __init__(self, policy=None):
+        self.policy = policy or IMAGENET_POLICY
+        for sub in self.policy:
+            for name, prob, level in sub:
+                if name not in OPS or not 0 <= prob <= 1:
+                    raise ValueError(f"bad AutoAugment operation {(name, prob, level)}")
+                magnitude_value(name, level)
+
+    def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
+        for name, prob, level in self.policy[rng.randrange(len(self.policy))]:
+            if rng.random() < prob:
+                sign = -1.0 if rng.random() < 0.5 else 1.0
+                img = apply_op(img, name, magnitude_value(name, level, sign))
+        return img

@@ -1,0 +1,247 @@
+"""Parallel batch loading: worker processes decode and augment into shared memory.
+
+This module owns :class:`BatchLoader` and :func:`normalize`.
+
+How it works: the loader is given the list of batches (record indices, from
+:mod:`.partition`). Batch ``k`` goes to worker ``k % workers`` and to shared-memory slot
+``k % slots``; the worker reads the records, applies the transform with an RNG seeded by
+``(seed, epoch, batch number, position)`` (so results do not depend on the number of workers)
+and writes uint8 pixels and labels straight into the slot. The main process copies the slot
+into an NDArray, frees it for batch ``k + slots`` and yields. Nothing but indices and short
+status tuples crosses the process boundary.
+
+A record that cannot be decoded is replaced by another record of the same batch, counted, and
+reported with its shard and index (rate-limited); a label outside ``[0, classes)`` stops the
+run with an error naming the shard and index.
+"""
+import logging
+import multiprocessing as mp
+import os
+import queue
+import random
+import time
+import traceback
+from multiprocessing import shared_memory
+from typing import Callable, Optional, Sequence
+
+import mxnet as mx
+import numpy as np
+
+from .recordio import ShardSet, unpack_record
+from .transforms import MEAN_RGB, STD_RGB
+
+__all__ = ["BatchLoader", "normalize", "DataError"]
+
+log = logging.getLogger(__name__)
+
+
+class DataError(RuntimeError):
+    """Bad data that must stop the run (e.g. a label outside the class range)."""
+
+
+def normalize(batch_uint8, ctx=None, mean=MEAN_RGB, std=STD_RGB, dtype="float32"):
+    """NHWC uint8 batch -> NCHW float batch, ``(x - mean) / std`` per channel."""
+    ctx = ctx or batch_uint8.context
+    x = batch_uint8.as_in_context(ctx).astype(dtype)
+    mean = mx.nd.array(mean, ctx=ctx, dtype=dtype).reshape((1, 1, 1, 3))
+    inv_std = mx.nd.array(1.0 / np.asarray(std), ctx=ctx, dtype=dtype).reshape((1, 1, 1, 3))
+    return mx.nd.broadcast_mul(mx.nd.broadcast_sub(x, mean), inv_std).transpose((0, 3, 1, 2))
+
+
+def _worker_loop(worker_id, shards, transform, task_queue, result_queue, shm_name, slot_bytes,
+                 batch_size, size, classes, seed, epoch):
+    shm = shared_memory.SharedMemory(name=shm_name)
+    try:
+        pixels_per_slot = batch_size * size * size * 3
+        while True:
+            task = task_queue.get()
+            if task is None:
+                return
+            batch_no, slot, indices = task
+            base = slot * slot_bytes
+            images = np.ndarray((batch_size, size, size, 3), np.uint8, shm.buf, base)
+            labels = np.ndarray((batch_size,), np.float32, shm.buf, base + pixels_per_slot)
+            corrupt, good = [], []
+            try:
+                for pos, index in enumerate(indices):
+                    rng = random.Random(hash((seed, epoch, int(batch_no), pos)))
+                    try:
+                        header, image = unpack_record(shards.read(int(index)))
+                        label = header.label if header.flag == 0 else header.label[0]
+                        images[pos] = transform(image, rng)
+                    except (OSError, ValueError, SyntaxError) as err:
+                        corrupt.append((int(index), f"{type(err).__name__}: {err}"))
+                        continue
+                    if classes and not 0 <= label < classes:
+                        raise DataError(f"label {label:g} outside [0, {classes}) in "
+                                        f"{shards.describe(int(index))}")
+                    labels[pos] = label
+                    good.append(pos)
+                if corrupt:
+                    if not good:
+                        raise DataError(f"every record of batch {batch_no} is unreadable, "
+                                        f"e.g. {shards.describe(corrupt[0][0])}: {corrupt[0][1]}")
+                    bad_positions = sorted(set(range(len(indices))) - set(good))
+                    for n, pos in enumerate(bad_positions):
+                        donor = good[n % len(good)]
+                        images[pos] = images[donor]
+                        labels[pos] = labels[donor]
+                result_queue.put((batch_no, len(indices), corrupt, None))
+            except Exception as err:  # pylint: disable=broad-except
+                message = f"{err}" if isinstance(err, DataError) else traceback.format_exc()
+                result_queue.put((batch_no, 0, [], message))
+    finally:
+        shm.close()
+
+
+class BatchLoader:
+    """Iterate over batches of decoded, augmented images, loaded by worker processes.
+
+    Parameters
+    ----------
+    shards : ShardSet
+        The records.
+    batches : sequence of index arrays
+        Record indices of each batch, in order (e.g. from :func:`.partition.train_batches`).
+    transform : callable
+        ``transform(image_bytes, rng) -> (size, size, 3) uint8``.
+    size : int
+        Output side.
+    classes : int, optional
+        Number of classes; labels outside ``[0, classes)`` raise :class:`DataError`.
+    workers : int
+        Worker processes (0: load in this process, for debugging).
+    prefetch : int
+        Batches in flight per worker.
+    seed, epoch : int
+        Seed the augmentation RNGs.
+    ctx : mxnet.Context, optional
+        Where the NDArrays are created (default CPU).
+
+    Yields
+    ------
+    tuple of NDArray
+        ``(images uint8 (n, size, size, 3), labels float32 (n,))``.
+    """
+
+    def __init__(self, shards: ShardSet, batches: Sequence, transform: Callable, size: int,
+                 classes: Optional[int] = None, workers: int = 2, prefetch: int = 2,
+                 seed: int = 0, epoch: int = 0, ctx=None, report_every: float = 30.0):
+        self.shards = shards
+        self.batches = list(batches)
+        self.transform = transform
+        self.size = int(size)
+        self.classes = classes
+        self.workers = max(0, int(workers))
+        self.prefetch = max(1, int(prefetch))
+        self.seed, self.epoch = int(seed), int(epoch)
+        self.ctx = ctx or mx.cpu()
+        self.corrupt_count = 0
+        self.images_loaded = 0
+        self._report_every = report_every
+        self._last_report = 0.0
+        self._reported = 0
+
+    def __len__(self):
+        return len(self.batches)
+
+    @property
+    def batch_size(self):
+        return max((len(b) for b in self.batches), default=0)
+
+    def _note_corrupt(self, corrupt):
+        self.corrupt_count += len(corrupt)
+        now = time.monotonic()
+        for index, reason in corrupt:
+            # the first 10 individually, then at most one line per report interval
+            if self._reported < 10 or now - self._last_report > self._report_every:
+                log.warning("skipped unreadable record %s (%s); %d skipped so far",
+                            self.shards.describe(index), reason, self.corrupt_count)
+                self._reported += 1
+                self._last_report = now
+
+    def __iter__(self):
+        if self.workers == 0:
+            yield from self._iter_inline()
+        else:
+            yield from self._iter_workers()
+
+    def _iter_inline(self):
+        size, bs = self.size, self.batch_size
+        slot_bytes = bs * size * size * 3 + 4 * bs
+        shm = shared_memory.SharedMemory(create=True, size=max(slot_bytes, 1))
+        tasks, results = queue.Queue(), queue.Queue()
+        try:
+            for batch_no, indices in enumerate(self.batches):
+                tasks.put((batch_no, 0, indices))
+                tasks.put(None)
+                _worker_loop(0, self.shards, self.transform, tasks, results, shm.name,
+                             slot_bytes, bs, size, self.classes, self.seed, self.epoch)
+                yield self._collect(results.get(), shm, 0, slot_bytes)
+        finally:
+            shm.close()
+            shm.unlink()
+
+    def _collect(self, result, shm, slot, slot_bytes):
+        batch_no, count, corrupt, error = result
+        if error is not None:
+            raise DataError(error)
+        if corrupt:
+            self._note_corrupt(corrupt)
+        bs, size = self.batch_size, self.size
+        base = slot * slot_bytes
+        images = np.ndarray((bs, size, size, 3), np.uint8, shm.buf, base)[:count]
+        labels = np.ndarray((bs,), np.float32, shm.buf, base + bs * size * size * 3)[:count]
+        out = (mx.nd.array(images, ctx=self.ctx, dtype=np.uint8),
+               mx.nd.array(labels, ctx=self.ctx, dtype=np.float32))
+        self.images_loaded += count
+        return out
+
+    def _iter_workers(self):
+        size, bs = self.size, self.batch_size
+        if not self.batches:
+            return
+        slots = self.workers * self.prefetch
+        slot_bytes = bs * size * size * 3 + 4 * bs
+        slot_bytes += -slot_bytes % 64
+        shm = shared_memory.SharedMemory(create=True, size=slots * slot_bytes)
+        context = mp.get_context("fork")
+        task_queues = [context.SimpleQueue() for _ in range(self.workers)]
+        result_queues = [context.Queue() for _ in range(self.workers)]
+        procs = [context.Process(
+            target=_worker_loop, daemon=True,
+            args=(w, self.shards, self.transform, task_queues[w], result_queues[w], shm.name,
+                  slot_bytes, bs, size, self.classes, self.seed, self.epoch))
+            for w in range(self.workers)]
+        for proc in procs:
+            proc.start()
+        try:
+            def dispatch(batch_no):
+                if batch_no < len(self.batches):
+                    task_queues[batch_no % self.workers].put(
+                        (batch_no, batch_no % slots, np.asarray(self.batches[batch_no])))
+
+            for batch_no in range(min(slots, len(self.batches))):
+                dispatch(batch_no)
+            for batch_no in range(len(self.batches)):
+                worker = batch_no % self.workers
+                while True:
+                    try:
+                        result = result_queues[worker].get(timeout=5.0)
+                        break
+                    except queue.Empty:
+                        if not procs[worker].is_alive():
+                            raise DataError(f"input worker {worker} died (exit code "
+                                            f"{procs[worker].exitcode}); out of memory?")
+                batch = self._collect(result, shm, batch_no % slots, slot_bytes)
+                dispatch(batch_no + slots)
+                yield batch
+        finally:
+            for q in task_queues:
+                q.put(None)
+            for proc in procs:
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.terminate()
+            shm.close()
+            shm.unlink()

@@ -1,0 +1,343 @@
+"""The RecordIO shard format: writing, indexing, reading and resolving shard lists.
+
+This module owns everything about the bytes on disk, for the packer (``recordio_tools``) and
+the input pipeline alike:
+
+* MXNet's RecordIO container (dmlc-core): each record is ``magic:u32, lrec:u32, payload,
+  padding to 4 bytes`` with ``lrec = cflag << 29 | length``; a payload that contains the magic
+  number at a 4-byte aligned position is split into parts (cflag 1 = first, 2 = middle,
+  3 = last) and the magic is implied between them.
+* The image record payload: ``IRHeader(flag:u32, label:f32, id:u64, id2:u64)``, then ``flag``
+  extra float32 labels when ``flag > 0``, then the encoded image.
+* The ``.idx`` file: ``key<TAB>byte offset`` per line.
+* Shard names ``NAME-00000-of-00008.rec`` / ``.idx``; a single im2rec ``train.rec`` + ``.idx``
+  is a one-shard list.
+
+Pure Python (no MXNet), so packer and loader workers start fast and fork safely; files written
+here are read by ``mx.recordio``, ``mx.io.ImageRecordIter`` and ``ImageRecordDataset``
+(``tests/test_recordio.py``).
+"""
+import bisect
+import glob
+import os
+import re
+import struct
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = ["MAGIC", "RecordFormatError", "MissingIndexError", "IRHeader", "pack_record",
+           "unpack_record", "RecordWriter", "RecordFile", "ShardSet", "shard_name",
+           "resolve_shards", "rebuild_index"]
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_HEADER = struct.Struct("<IfQQ")
+_LREC = struct.Struct("<II")
+_LENGTH_MASK = (1 << 29) - 1
+
+
+class RecordFormatError(ValueError):
+    """A record or index that does not follow the format (names shard and position)."""
+
+
+class MissingIndexError(FileNotFoundError):
+    """A ``.rec`` file without its ``.idx``."""
+
+
+class IRHeader(NamedTuple):
+    """Image record header; ``label`` is a float or an array when ``flag > 0``."""
+
+    flag: int
+    label: Union[float, np.ndarray]
+    id: int
+    id2: int
+
+
+def pack_record(label, image_bytes: bytes, record_id: int = 0, id2: int = 0) -> bytes:
+    """Payload of one image record: header, optional label vector, encoded image."""
+    if np.ndim(label) == 0:
+        return _HEADER.pack(0, float(label), record_id, id2) + image_bytes
+    vector = np.asarray(label, dtype=np.float32).ravel()
+    return _HEADER.pack(len(vector), 0.0, record_id, id2) + vector.tobytes() + image_bytes
+
+
+def unpack_record(payload: bytes) -> Tuple[IRHeader, bytes]:
+    """Split a payload into its :class:`IRHeader` and the encoded image bytes."""
+    if len(payload) < _HEADER.size:
+        raise RecordFormatError(f"record of {len(payload)} bytes is shorter than its header")
+    flag, label, rid, id2 = _HEADER.unpack_from(payload)
+    start = _HEADER.size
+    if flag > 0:
+        end = start + 4 * flag
+        if end > len(payload):
+            raise RecordFormatError(f"record header announces {flag} labels past its end")
+        label = np.frombuffer(payload[start:end], dtype=np.float32)
+        start = end
+    return IRHeader(flag, label, rid, id2), payload[start:]
+
+
+def _frames(payload: bytes):
+    """Yield (cflag, part) frames for one payload, splitting at aligned magic numbers."""
+    parts, start = [], 0
+    aligned_end = len(payload) - len(payload) % 4
+    pos = payload.find(_MAGIC_BYTES)
+    while 0 <= pos < aligned_end:
+        if pos % 4 == 0:
+            parts.append(payload[start:pos])
+            start = pos + 4
+        pos = payload.find(_MAGIC_BYTES, pos + 1)
+    parts.append(payload[start:])
+    if len(parts) == 1:
+        yield 0, parts[0]
+        return
+    for i, part in enumerate(parts):
+        yield (1 if i == 0 else 3 if i == len(parts) - 1 else 2), part
+
+
+class RecordWriter:
+    """Write a ``.rec`` and its ``.idx``, under temporary names until :meth:`commit`.
+
+    A shard that was not committed never carries its final name, so an interrupted writer
+    cannot leave a file that looks complete.
+
+    Parameters
+    ----------
+    rec_path : str
+        Final path of the ``.rec`` file; the ``.idx`` goes beside it.
+    """
+
+    def __init__(self, rec_path: str):
+        self.rec_path = rec_path
+        self.idx_path = os.path.splitext(rec_path)[0] + ".idx"
+        self._tmp_rec = rec_path + ".tmp"
+        self._tmp_idx = self.idx_path + ".tmp"
+        self._rec = open(self._tmp_rec, "wb")
+        self._idx = open(self._tmp_idx, "w")
+        self.count = 0
+
+    def write(self, payload: bytes, key: Optional[int] = None) -> int:
+        """Append one record; returns its key (default: running count)."""
+        key = self.count if key is None else key
+        offset = self._rec.tell()
+        for cflag, part in _frames(payload):
+            self._rec.write(_LREC.pack(MAGIC, (cflag << 29) | len(part)))
+            self._rec.write(part)
+            self._rec.write(b"\0" * (-len(part) % 4))
+        self._idx.write(f"{key}\t{offset}\n")
+        self.count += 1
+        return key
+
+    def commit(self):
+        """Flush, fsync and rename both files to their final names (.idx last)."""
+        for handle in (self._rec, self._idx):
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        os.replace(self._tmp_rec, self.rec_path)
+        os.replace(self._tmp_idx, self.idx_path)
+
+    def abort(self):
+        """Close and delete the temporary files."""
+        for handle, path in ((self._rec, self._tmp_rec), (self._idx, self._tmp_idx)):
+            handle.close()
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def read_index(idx_path: str) -> np.ndarray:
+    """Byte offsets of an ``.idx`` file, in file order, as int64."""
+    offsets = []
+    with open(idx_path) as handle:
+        for line_no, line in enumerate(handle, 1):
+            fields = line.split("\t")
+            if len(fields) != 2:
+                raise RecordFormatError(f"{idx_path}:{line_no}: expected 'key<TAB>offset', "
+                                        f"got {line.rstrip()!r}")
+            offsets.append(int(fields[1]))
+    return np.asarray(offsets, dtype=np.int64)
+
+
+class RecordFile:
+    """Random access to the records of one ``.rec`` through its ``.idx``.
+
+    The file is opened lazily in the process that reads, so instances can be shared with
+    forked workers.
+    """
+
+    def __init__(self, rec_path: str, idx_path: Optional[str] = None):
+        self.rec_path = rec_path
+        self.idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
+        if not os.path.isfile(rec_path):
+            raise FileNotFoundError(f"record file not found: {rec_path}")
+        if not os.path.isfile(self.idx_path):
+            raise MissingIndexError(
+                f"index file {self.idx_path} is missing for {rec_path}; build it with: "
+                f"python -m recordio_tools index {rec_path}")
+        self.offsets = read_index(self.idx_path)
+        self.size = os.path.getsize(rec_path)
+        self._handle = None
+        self._pid = None
+
+    def __len__(self):
+        return len(self.offsets)
+
+    def _file(self):
+        if self._handle is None or self._pid != os.getpid():
+            self._handle = open(self.rec_path, "rb")
+            self._pid = os.getpid()
+        return self._handle
+
+    def read_at(self, offset: int) -> bytes:
+        """Payload of the record starting at byte ``offset`` (parts joined)."""
+        handle = self._file()
+        handle.seek(offset)
+        chunks = []
+        while True:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise RecordFormatError(f"{self.rec_path}: truncated record header at byte "
+                                        f"{handle.tell() - len(head)}")
+            magic, lrec = _LREC.unpack(head)
+            if magic != MAGIC:
+                raise RecordFormatError(f"{self.rec_path}: no record at byte "
+                                        f"{handle.tell() - 8} (bad magic)")
+            cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+            data = handle.read(length)
+            if len(data) < length:
+                raise RecordFormatError(f"{self.rec_path}: record at byte {offset} runs past "
+                                        f"the end of the file (truncated shard)")
+            handle.seek(-length % 4, os.SEEK_CUR)
+            if (cflag in (0, 1)) != (not chunks):
+                raise RecordFormatError(f"{self.rec_path}: bad continuation flag {cflag} in "
+                                        f"the record at byte {offset}")
+            chunks.append(data)
+            if cflag in (0, 3):
+                return _MAGIC_BYTES.join(chunks)
+
+    def read(self, index: int) -> bytes:
+        """Payload of the ``index``-th record of the index."""
+        return self.read_at(int(self.offsets[index]))
+
+    def close(self):
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_handle"] = None
+        return state
+
+
+def rebuild_index(rec_path: str, idx_path: Optional[str] = None) -> int:
+    """Scan a ``.rec`` and write its ``.idx`` (keys are record numbers); returns the count."""
+    idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
+    count, offset, size = 0, 0, os.path.getsize(rec_path)
+    tmp = idx_path + ".tmp"
+    with open(rec_path, "rb") as rec, open(tmp, "w") as out:
+        record_start = 0
+        while offset < size:
+            head = rec.read(8)
+            if len(head) < 8:
+                raise RecordFormatError(f"{rec_path}: truncated header at byte {offset}")
+            magic, lrec = _LREC.unpack(head)
+            if magic != MAGIC:
+                raise RecordFormatError(f"{rec_path}: bad magic at byte {offset}")
+            cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+            if cflag in (0, 1):
+                record_start = offset
+            offset += 8 + length + (-length % 4)
+            if offset > size:
+                raise RecordFormatError(f"{rec_path}: record at byte {record_start} runs past "
+                                        f"the end of the file (truncated)")
+            rec.seek(offset)
+            if cflag in (0, 3):
+                out.write(f"{count}\t{record_start}\n")
+                count += 1
+    os.replace(tmp, idx_path)
+    return count
+
+
+def shard_name(prefix: str, index: int, total: int, ext: str = ".rec") -> str:
+    """``PREFIX-00003-of-00008.rec``."""
+    return f"{prefix}-{index:05d}-of-{total:05d}{ext}"
+
+
+_SHARD_RE = re.compile(r"-(\d{5})-of-(\d{5})\.rec$")
+
+
+def resolve_shards(spec: Union[str, Sequence[str]]) -> List[str]:
+    """Turn a user's shard spec into the sorted list of ``.rec`` paths.
+
+    Accepted: a ``.rec`` file (one shard, e.g. im2rec output), a shard prefix
+    (``/data/train`` for ``/data/train-*-of-*.rec``), a glob, a directory holding shards, or a
+    list of any of these. Raises ``FileNotFoundError`` naming the spec if nothing matches and
+    ``ValueError`` if a shard set is incomplete.
+    """
+    if not isinstance(spec, str):
+        paths = []
+        for item in spec:
+            paths.extend(resolve_shards(item))
+        return paths
+    if os.path.isfile(spec):
+        return [spec]
+    if os.path.isdir(spec):
+        candidates = sorted(glob.glob(os.path.join(spec, "*.rec")))
+    elif glob.has_magic(spec):
+        candidates = sorted(p for p in glob.glob(spec) if p.endswith(".rec"))
+    else:
+        candidates = sorted(glob.glob(glob.escape(spec) + "-*-of-*.rec"))
+        if not candidates and os.path.isfile(spec + ".rec"):
+            candidates = [spec + ".rec"]
+    if not candidates:
+        raise FileNotFoundError(f"no RecordIO files match {spec!r} (give a .rec file, a shard "
+                                f"prefix such as /data/train for train-00000-of-00008.rec, a "
+                                f"glob, or a directory)")
+    totals = {m.group(2) for m in map(_SHARD_RE.search, candidates) if m}
+    if len(totals) == 1 and len(candidates) == len([c for c in candidates if _SHARD_RE.search(c)]):
+        expected = int(totals.pop())
+        if len(candidates) != expected:
+            present = {int(_SHARD_RE.search(c).group(1)) for c in candidates}
+            missing = sorted(set(range(expected)) - present)[:5]
+            raise ValueError(f"{spec!r}: {len(candidates)} of {expected} shards present; "
+                             f"missing shard numbers {missing} (an interrupted pack? re-run it)")
+    return candidates
+
+
+class ShardSet:
+    """Several record files seen as one sequence; global index -> (shard, record).
+
+    Parameters
+    ----------
+    spec : str or list of str
+        Anything :func:`resolve_shards` accepts.
+    """
+
+    def __init__(self, spec):
+        self.paths = resolve_shards(spec)
+        self.files = [RecordFile(p) for p in self.paths]
+        self.starts = np.cumsum([0] + [len(f) for f in self.files]).tolist()
+
+    def __len__(self):
+        return self.starts[-1]
+
+    def locate(self, index: int) -> Tuple[int, int]:
+        """``(shard number, record number inside the shard)`` of a global index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} outside 0..{len(self) - 1}")
+        shard = bisect.bisect_right(self.starts, index) - 1
+        return shard, index - self.starts[shard]
+
+    def read(self, index: int) -> bytes:
+        """Payload of the record at global ``index``."""
+        shard, local = self.locate(index)
+        return self.files[shard].read(local)
+
+    def describe(self, index: int) -> str:
+        """Human-readable location, e.g. ``train-00001-of-00004.rec record 17``."""
+        shard, local = self.locate(index)
+        return f"{os.path.basename(self.paths[shard])} record {local}"
+
+    def shard_sizes(self) -> List[int]:
+        return [len(f) for f in self.files]

@@ -1,0 +1,220 @@
+"""Per-image transforms of the ImageNet recipe: decode, crop, flip, AutoAugment, colour.
+
+This module owns :class:`TrainTransform` and :class:`EvalTransform`: callables from encoded
+image bytes (and a seeded RNG) to a ``size x size x 3`` uint8 array. They run in the loader's
+worker processes; mean/std normalisation and the NCHW layout happen later on the whole batch
+(:func:`resnest_gluon.data.loader.normalize`), where they are one vectorised operation.
+
+Speed choices, each giving the same distribution of outputs as the textbook sequence:
+
+* crop and resize are one ``Image.resize(box=...)`` call, no intermediate image;
+* for training, JPEG decoding uses DCT scaling (``Image.draft``) when the crop is at least
+  twice the output size, decoding fewer pixels;
+* brightness, contrast and saturation jitter (random order) and PCA lighting are all affine
+  maps of the RGB vector, so they are composed into one 3x4 matrix and applied in a single
+  pass (``cv2.transform``); the contrast mean is carried through the composition exactly.
+"""
+import io
+import math
+import random
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .autoaugment import AutoAugment
+
+__all__ = ["decode", "random_resized_crop_box", "TrainTransform", "EvalTransform",
+           "MEAN_RGB", "STD_RGB", "color_jitter_matrix", "INTERPOLATIONS"]
+
+MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# ImageNet RGB covariance: eigenvalues and eigenvectors (columns), 0-255 scale.
+PCA_EIGVAL = np.array([55.46, 4.794, 1.148])
+PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
+                       [-0.5808, -0.0045, -0.8140],
+                       [-0.5836, -0.6948, 0.4203]])
+GRAY = np.array([0.299, 0.587, 0.114])
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+                  "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+
+
+def decode(image_bytes: bytes, draft_size: Optional[Tuple[int, int]] = None) -> Image.Image:
+    """Decode to an RGB PIL image; with ``draft_size`` JPEGs may decode at 1/2, 1/4 or 1/8
+    scale, never below that size."""
+    img = Image.open(io.BytesIO(image_bytes))
+    if draft_size is not None and img.format == "JPEG":
+        img.draft("RGB", draft_size)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def random_resized_crop_box(width, height, rng: random.Random, scale=(0.08, 1.0),
+                            ratio=(3 / 4, 4 / 3)):
+    """Inception-style crop: area fraction in ``scale``, log-uniform aspect in ``ratio``.
+
+    Ten tries, then the centre crop with the aspect clamped into ``ratio``.
+
+    Returns
+    -------
+    tuple
+        ``(left, top, right, bottom)`` in pixels.
+    """
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            left = rng.randint(0, width - w)
+            top = rng.randint(0, height - h)
+            return left, top, left + w, top + h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def color_jitter_matrix(mean_rgb, rng: random.Random, brightness=0.4, contrast=0.4,
+                        saturation=0.4, lighting=0.1) -> np.ndarray:
+    """3x4 affine map ``[A | t]`` applying jitter (random order) then PCA lighting.
+
+    ``mean_rgb`` is the image's mean colour, needed for the contrast step (which blends with
+    the mean grey level of the image as it is at that step).
+    """
+    matrix = np.hstack([np.eye(3), np.zeros((3, 1))])
+
+    def compose(a, t):
+        nonlocal matrix
+        matrix = np.hstack([a @ matrix[:, :3], (a @ matrix[:, 3] + t)[:, None]])
+
+    steps = []
+    if brightness > 0:
+        steps.append("brightness")
+    if contrast > 0:
+        steps.append("contrast")
+    if saturation > 0:
+        steps.append("saturation")
+    rng.shuffle(steps)
+    mean_rgb = np.asarray(mean_rgb, dtype=np.float64)
+    for step in steps:
+        if step == "brightness":
+            compose(np.eye(3) * rng.uniform(1 - brightness, 1 + brightness), np.zeros(3))
+        elif step == "contrast":
+            c = rng.uniform(1 - contrast, 1 + contrast)
+            current_mean = matrix[:, :3] @ mean_rgb + matrix[:, 3]
+            compose(np.eye(3) * c, np.full(3, (1 - c) * GRAY @ current_mean))
+        else:
+            s = rng.uniform(1 - saturation, 1 + saturation)
+            compose(np.eye(3) * s + (1 - s) * np.outer(np.ones(3), GRAY), np.zeros(3))
+    if lighting > 0:
+        alpha = np.array([rng.gauss(0, lighting) for _ in range(3)])
+        compose(np.eye(3), PCA_EIGVEC @ (alpha * PCA_EIGVAL))
+    return matrix
+
+
+def apply_affine(rgb: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a 3x4 colour matrix to a uint8 HxWx3 array, saturating to 0..255."""
+    return cv2.transform(rgb, matrix.astype(np.float32))
+
+
+class TrainTransform:
+    """The training recipe for one image.
+
+    Parameters
+    ----------
+    size : int
+        Output side.
+    autoaugment : bool
+        ImageNet AutoAugment policy after crop and flip.
+    jitter : float
+        Brightness/contrast/saturation jitter strength (0 disables).
+    lighting : float
+        PCA lighting noise std (0 disables).
+    scale, ratio : tuple
+        RandomResizedCrop area and aspect ranges.
+    interpolation : str, optional
+        Resize filter; default bilinear below 320 and bicubic at 320 and above (the paper's
+        large-crop path: crop, then bicubic resize).
+    fast_decode : bool
+        Allow reduced-scale JPEG decoding when the crop is large (see module docstring).
+    """
+
+    def __init__(self, size=224, autoaugment=True, jitter=0.4, lighting=0.1,
+                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=None,
+                 fast_decode=True):
+        self.size = int(size)
+        self.autoaugment = AutoAugment() if autoaugment else None
+        self.jitter = float(jitter)
+        self.lighting = float(lighting)
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+        interpolation = interpolation or ("bicubic" if self.size >= 320 else "bilinear")
+        self.resample = INTERPOLATIONS[interpolation]
+        self.fast_decode = fast_decode
+
+    def __call__(self, image_bytes: bytes, rng: random.Random) -> np.ndarray:
+        img = Image.open(io.BytesIO(image_bytes))
+        width, height = img.size
+        box = random_resized_crop_box(width, height, rng, self.scale, self.ratio)
+        if self.fast_decode and img.format == "JPEG":
+            # Ask for an image in which the crop still spans >= size pixels.
+            want = (math.ceil(width * self.size / (box[2] - box[0])),
+                    math.ceil(height * self.size / (box[3] - box[1])))
+            img.draft("RGB", want)
+            fx, fy = img.size[0] / width, img.size[1] / height
+            box = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        img = img.resize((self.size, self.size), self.resample, box=box)
+        if rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        if self.autoaugment is not None:
+            img = self.autoaugment(img, rng)
+        rgb = np.asarray(img)
+        if self.jitter > 0 or self.lighting > 0:
+            mean = cv2.mean(rgb)[:3]
+            matrix = color_jitter_matrix(mean, rng, self.jitter, self.jitter, self.jitter,
+                                         self.lighting)
+            rgb = apply_affine(rgb, matrix)
+        return rgb
+
+
+class EvalTransform:
+    """Resize the shorter side to ``ceil(size / crop_ratio)``, then centre-crop ``size``.
+
+    Done as one resize of the corresponding box of the original image.
+
+    Parameters
+    ----------
+    size : int
+        Output side.
+    crop_ratio : float
+        0.875 by default; ``size / (size + 32)`` for the large-crop models.
+    interpolation : str
+        Resize filter (bicubic by default, as the published evaluation).
+    """
+
+    def __init__(self, size=224, crop_ratio=0.875, interpolation="bicubic"):
+        if not 0 < crop_ratio <= 1:
+            raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+        self.size = int(size)
+        self.resize = int(math.ceil(self.size / crop_ratio))
+        self.resample = INTERPOLATIONS[interpolation]
+
+    def __call__(self, image_bytes: bytes, rng: Optional[random.Random] = None) -> np.ndarray:
+        img = decode(image_bytes)
+        width, height = img.size
+        scale = self.resize / min(width, height)
+        # the centre size x size window of the resized image, in original pixels
+        side_w, side_h = self.size / scale, self.size / scale
+        left, top = (width - side_w) / 2, (height - side_h) / 2
+        img = img.resize((self.size, self.size), self.resample,
+                         box=(left, top, left + side_w, top + side_h))
+        return np.asarray(img)

@@ -1,0 +1,189 @@
+"""Input pipeline: partitions, determinism, transforms, mixing, bad records."""
+import io
+import random
+
+import mxnet as mx
+import numpy as np
+import pytest
+from PIL import Image
+
+from recordio_tools.pack import pack
+from recordio_tools.sources import scan_tree
+from resnest_gluon.data import (BatchLoader, DataError, EvalTransform, MixConfig, RecordWriter,
+                                ShardSet, TrainTransform, batches_per_epoch, eval_batches,
+                                normalize, pack_record, soft_targets, targets_for_batch,
+                                train_batches)
+from resnest_gluon.data.transforms import (GRAY, PCA_EIGVAL, PCA_EIGVEC, apply_affine,
+                                           color_jitter_matrix, random_resized_crop_box)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+@pytest.mark.parametrize("records", [97, 1001])
+def test_train_partition_equal_batches_disjoint(world, records):
+    batch = 4
+    parts = [train_batches(records, batch, r, world, seed=3, epoch=2, chunk=8, window=32)
+             for r in range(world)]
+    expected = batches_per_epoch(records, batch, world)
+    assert all(p.shape == (expected, batch) for p in parts)
+    flat = np.concatenate([p.ravel() for p in parts])
+    assert len(set(flat.tolist())) == len(flat)                 # no record twice
+    assert flat.min() >= 0 and flat.max() < records
+    assert records - len(flat) < world * batch                  # only the remainder dropped
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+@pytest.mark.parametrize("records", [1, 7, 97, 1001])
+def test_eval_partition_covers_every_record_once(world, records):
+    seen = np.concatenate([np.concatenate(eval_batches(records, 8, r, world) or [[]])
+                           for r in range(world)]).astype(int)
+    assert sorted(seen.tolist()) == list(range(records))
+
+
+def test_train_order_deterministic_resumable_and_shuffled():
+    a = train_batches(1000, 10, 1, 2, seed=5, epoch=3)
+    np.testing.assert_array_equal(a, train_batches(1000, 10, 1, 2, seed=5, epoch=3))
+    np.testing.assert_array_equal(train_batches(1000, 10, 1, 2, seed=5, epoch=3, start_batch=7),
+                                  a[7:])
+    assert not np.array_equal(a, train_batches(1000, 10, 1, 2, seed=5, epoch=4))
+    assert not np.array_equal(a, train_batches(1000, 10, 1, 2, seed=6, epoch=3))
+    # a batch mixes records from many places, not one run of consecutive records
+    first = np.sort(train_batches(10000, 64, 0, 1, seed=0, epoch=0)[0])
+    assert first[-1] - first[0] > 1000
+    with pytest.raises(ValueError, match="lower the batch size"):
+        train_batches(10, 8, 0, 2)
+
+
+def test_random_resized_crop_box_ranges():
+    rng = random.Random(0)
+    for _ in range(500):
+        left, top, right, bottom = random_resized_crop_box(500, 375, rng)
+        w, h = right - left, bottom - top
+        assert 0 <= left < right <= 500 and 0 <= top < bottom <= 375
+        assert 0.079 * 500 * 375 <= w * h <= 500 * 375
+        assert 3 / 4 - 0.02 <= w / h <= 4 / 3 + 0.02 or (w, h) == (500, 375)
+
+
+def _naive_jitter(rgb, rng, strength, lighting):
+    """Sequential float implementation of the same random draws (reference)."""
+    x = rgb.astype(np.float64)
+    steps = ["brightness", "contrast", "saturation"]
+    rng.shuffle(steps)
+    for step in steps:
+        if step == "brightness":
+            x = x * rng.uniform(1 - strength, 1 + strength)
+        elif step == "contrast":
+            c = rng.uniform(1 - strength, 1 + strength)
+            x = c * x + (1 - c) * (x @ GRAY).mean()
+        else:
+            s = rng.uniform(1 - strength, 1 + strength)
+            x = s * x + (1 - s) * (x @ GRAY)[..., None]
+    alpha = np.array([rng.gauss(0, lighting) for _ in range(3)])
+    x = x + PCA_EIGVEC @ (alpha * PCA_EIGVAL)
+    return np.clip(np.round(x), 0, 255)
+
+
+def test_fused_colour_matrix_equals_sequential_jitter_and_lighting(photos):
+    rgb = np.asarray(Image.open(io.BytesIO(_jpeg_bytes())).convert("RGB"))
+    for seed in range(5):
+        matrix = color_jitter_matrix(rgb.reshape(-1, 3).mean(0), random.Random(seed), 0.4, 0.4,
+                                     0.4, 0.1)
+        fused = apply_affine(rgb, matrix).astype(int)
+        naive = _naive_jitter(rgb, random.Random(seed), 0.4, 0.1)
+        assert np.abs(fused - naive).max() <= 1
+    identity = color_jitter_matrix((1, 2, 3), random.Random(0), 0, 0, 0, 0)
+    np.testing.assert_array_equal(apply_affine(rgb, identity), rgb)
+
+
+def _jpeg_bytes(size=(200, 150)):
+    from sklearn.datasets import load_sample_images
+    buf = io.BytesIO()
+    Image.fromarray(load_sample_images().images[0]).resize(size).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("size", [64, 224, 320])
+def test_train_transform_shape_dtype_and_seeded(size):
+    transform = TrainTransform(size)
+    data = _jpeg_bytes((500, 375))
+    a = transform(data, random.Random(1))
+    assert a.shape == (size, size, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, transform(data, random.Random(1)))
+    assert not np.array_equal(a, transform(data, random.Random(2)))
+    assert transform.resample == (Image.BICUBIC if size >= 320 else Image.BILINEAR)
+
+
+def test_eval_transform_is_resize_then_centre_crop():
+    data = _jpeg_bytes((300, 200))
+    out = EvalTransform(64, crop_ratio=0.8, interpolation="bilinear")(data)
+    # reference: resize shorter side to ceil(64 / 0.8) = 80, centre crop 64
+    img = Image.open(io.BytesIO(data)).convert("RGB").resize((120, 80), Image.BILINEAR)
+    ref = np.asarray(img.crop((28, 8, 92, 72)))
+    assert out.shape == (64, 64, 3)
+    assert np.abs(out.astype(int) - ref).mean() < 3          # same view; filters differ at edges
+
+
+def test_soft_targets_and_mixup_sum_to_one():
+    labels = mx.nd.array([0, 3, 1, 2])
+    targets = soft_targets(labels, 5, 0.1)
+    np.testing.assert_allclose(targets.sum(axis=1).asnumpy(), 1, rtol=1e-6)
+    assert targets[1, 3].asscalar() == pytest.approx(0.9 + 0.02)
+    data = mx.nd.random.normal(shape=(4, 3, 8, 8))
+    mix = MixConfig(5, smoothing=0.1, mixup_alpha=0.2)
+    mixed, soft, sparse = targets_for_batch(data, labels, mix, np.random.default_rng(0))
+    assert not sparse and soft.shape == (4, 5)
+    np.testing.assert_allclose(soft.sum(axis=1).asnumpy(), 1, rtol=1e-5)
+    # sample 0 is mixed with sample 3 (the batch reversed) with the same weight as its target
+    lam = soft[0, 0].asscalar() - 0.02
+    lam = (lam - 0) / 0.9
+    np.testing.assert_allclose(mixed[0].asnumpy(), lam * data[0].asnumpy() +
+                               (1 - lam) * data[3].asnumpy(), rtol=1e-4, atol=1e-5)
+    same, labels_out, sparse = targets_for_batch(data, labels, MixConfig(5), None)
+    assert sparse and labels_out is labels and same is data
+
+
+def _shard_with(tmp_path, payloads):
+    writer = RecordWriter(str(tmp_path / "s.rec"))
+    for label, image in payloads:
+        writer.write(pack_record(label, image))
+    writer.commit()
+    return ShardSet(str(tmp_path / "s.rec"))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_record_is_skipped_counted_and_batch_stays_full(tmp_path, workers, caplog):
+    good = _jpeg_bytes()
+    shards = _shard_with(tmp_path, [(0, good), (1, b"\xff\xd8garbage"), (2, good), (1, good)])
+    loader = BatchLoader(shards, [np.arange(4)], EvalTransform(32), 32, classes=3,
+                         workers=workers)
+    (images, labels), = list(loader)
+    assert images.shape == (4, 32, 32, 3) and loader.corrupt_count == 1
+    assert labels.asnumpy().tolist()[0] == 0 and labels.asnumpy().tolist()[2:] == [2, 1]
+    assert "s.rec record 1" in caplog.text
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_label_out_of_range_stops_with_location(tmp_path, workers):
+    shards = _shard_with(tmp_path, [(0, _jpeg_bytes()), (7, _jpeg_bytes())])
+    loader = BatchLoader(shards, [np.arange(2)], EvalTransform(32), 32, classes=5,
+                         workers=workers)
+    with pytest.raises(DataError, match=r"label 7 outside \[0, 5\) in s.rec record 1"):
+        list(loader)
+
+
+def test_loader_results_do_not_depend_on_worker_count(photo_tree, tmp_path):
+    items, classes = scan_tree(photo_tree)
+    pack(items, classes, str(tmp_path / "t"), num_shards=2, workers=1, progress=False)
+    shards = ShardSet(str(tmp_path / "t"))
+    batches = train_batches(len(shards), 4, seed=1)
+    runs = []
+    for workers in (0, 1, 2):
+        loader = BatchLoader(shards, batches, TrainTransform(48), 48, classes=3,
+                             workers=workers, seed=1, epoch=0)
+        runs.append([(x.asnumpy(), y.asnumpy()) for x, y in loader])
+    for other in runs[1:]:
+        for (xa, ya), (xb, yb) in zip(runs[0], other):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+    x = normalize(mx.nd.array(runs[0][0][0], dtype="uint8"))
+    assert x.shape == (4, 3, 48, 48) and x.dtype == np.float32
+    assert -3 < float(x.mean().asscalar()) < 3
