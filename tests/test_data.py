@@ -156,7 +156,7 @@ def test_corrupt_record_is_skipped_counted_and_batch_stays_full(tmp_path, worker
     loader = BatchLoader(shards, [np.arange(4)], EvalTransform(32), 32, classes=3,
                          workers=workers)
     (images, labels), = list(loader)
-    assert images.shape == (4, 32, 32, 3) and loader.corrupt_count == 1
+    assert images.shape == (4, 3, 32, 32) and loader.corrupt_count == 1
     assert labels.asnumpy().tolist()[0] == 0 and labels.asnumpy().tolist()[2:] == [2, 1]
     assert "s.rec record 1" in caplog.text
 
@@ -178,12 +178,17 @@ def test_loader_results_do_not_depend_on_worker_count(photo_tree, tmp_path):
     runs = []
     for workers in (0, 1, 2):
         loader = BatchLoader(shards, batches, TrainTransform(48), 48, classes=3,
-                             workers=workers, seed=1, epoch=0)
+                             workers=workers, seed=1, epoch=0, normalized=False)
         runs.append([(x.asnumpy(), y.asnumpy()) for x, y in loader])
     for other in runs[1:]:
         for (xa, ya), (xb, yb) in zip(runs[0], other):
             np.testing.assert_array_equal(xa, xb)
             np.testing.assert_array_equal(ya, yb)
-    x = normalize(mx.nd.array(runs[0][0][0], dtype="uint8"))
+    assert runs[0][0][0].shape == (4, 48, 48, 3) and runs[0][0][0].dtype == np.uint8
+    # normalised by the workers (the default) == raw normalised afterwards
+    loader = BatchLoader(shards, batches, TrainTransform(48), 48, classes=3, workers=2, seed=1)
+    x, _ = next(iter(loader))
     assert x.shape == (4, 3, 48, 48) and x.dtype == np.float32
+    expected = normalize(mx.nd.array(runs[0][0][0], dtype="uint8")).asnumpy()
+    np.testing.assert_allclose(x.asnumpy(), expected, rtol=1e-5, atol=1e-5)
     assert -3 < float(x.mean().asscalar()) < 3

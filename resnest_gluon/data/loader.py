@@ -24,6 +24,7 @@ import traceback
 from multiprocessing import shared_memory
 from typing import Callable, Optional, Sequence
 
+import cv2
 import mxnet as mx
 import numpy as np
 
@@ -48,19 +49,51 @@ def normalize(batch_uint8, ctx=None, mean=MEAN_RGB, std=STD_RGB, dtype="float32"
     return mx.nd.broadcast_mul(mx.nd.broadcast_sub(x, mean), inv_std).transpose((0, 3, 1, 2))
 
 
-def _worker_loop(worker_id, shards, transform, task_queue, result_queue, shm_name, slot_bytes,
-                 batch_size, size, classes, seed, epoch):
+class _Layout:
+    """Where a batch lives in a shared-memory slot: pixels, then labels."""
+
+    def __init__(self, batch_size, size, normalized):
+        self.batch_size, self.size, self.normalized = batch_size, size, normalized
+        self.shape = (batch_size, 3, size, size) if normalized else (batch_size, size, size, 3)
+        self.dtype = np.float32 if normalized else np.uint8
+        self.pixel_bytes = int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+        self.slot_bytes = self.pixel_bytes + 4 * batch_size
+        self.slot_bytes += -self.slot_bytes % 64
+
+    def views(self, buf, slot):
+        base = slot * self.slot_bytes
+        pixels = np.ndarray(self.shape, self.dtype, buf, base)
+        labels = np.ndarray((self.batch_size,), np.float32, buf, base + self.pixel_bytes)
+        return pixels, labels
+
+
+_SCALE = (1.0 / np.asarray(STD_RGB)).astype(np.float32)
+_SHIFT = (-np.asarray(MEAN_RGB) / np.asarray(STD_RGB)).astype(np.float32)
+
+
+def _store(pixels, pos, rgb, normalized):
+    if not normalized:
+        pixels[pos] = rgb
+        return
+    # per plane: (x - mean) / std written straight into the NCHW slot
+    for channel, plane in enumerate(cv2.split(rgb)):
+        out = pixels[pos, channel]
+        out[...] = plane
+        out *= _SCALE[channel]
+        out += _SHIFT[channel]
+
+
+def _worker_loop(shards, transform, task_queue, result_queue, shm_name, layout, classes, seed,
+                 epoch):
     shm = shared_memory.SharedMemory(name=shm_name)
+    pixels = labels = None
     try:
-        pixels_per_slot = batch_size * size * size * 3
         while True:
             task = task_queue.get()
             if task is None:
                 return
             batch_no, slot, indices = task
-            base = slot * slot_bytes
-            images = np.ndarray((batch_size, size, size, 3), np.uint8, shm.buf, base)
-            labels = np.ndarray((batch_size,), np.float32, shm.buf, base + pixels_per_slot)
+            pixels, labels = layout.views(shm.buf, slot)
             corrupt, good = [], []
             try:
                 for pos, index in enumerate(indices):
@@ -68,13 +101,14 @@ def _worker_loop(worker_id, shards, transform, task_queue, result_queue, shm_nam
                     try:
                         header, image = unpack_record(shards.read(int(index)))
                         label = header.label if header.flag == 0 else header.label[0]
-                        images[pos] = transform(image, rng)
+                        rgb = transform(image, rng)
                     except (OSError, ValueError, SyntaxError) as err:
                         corrupt.append((int(index), f"{type(err).__name__}: {err}"))
                         continue
                     if classes and not 0 <= label < classes:
                         raise DataError(f"label {label:g} outside [0, {classes}) in "
                                         f"{shards.describe(int(index))}")
+                    _store(pixels, pos, rgb, layout.normalized)
                     labels[pos] = label
                     good.append(pos)
                 if corrupt:
@@ -84,13 +118,14 @@ def _worker_loop(worker_id, shards, transform, task_queue, result_queue, shm_nam
                     bad_positions = sorted(set(range(len(indices))) - set(good))
                     for n, pos in enumerate(bad_positions):
                         donor = good[n % len(good)]
-                        images[pos] = images[donor]
+                        pixels[pos] = pixels[donor]
                         labels[pos] = labels[donor]
                 result_queue.put((batch_no, len(indices), corrupt, None))
             except Exception as err:  # pylint: disable=broad-except
                 message = f"{err}" if isinstance(err, DataError) else traceback.format_exc()
                 result_queue.put((batch_no, 0, [], message))
     finally:
+        del pixels, labels
         shm.close()
 
 
@@ -115,18 +150,23 @@ class BatchLoader:
         Batches in flight per worker.
     seed, epoch : int
         Seed the augmentation RNGs.
+    normalized : bool
+        Yield mean/std-normalised float32 NCHW (done by the workers; the default), or raw
+        uint8 NHWC to normalise on the device with :func:`normalize` (4x less to copy, for
+        GPUs).
     ctx : mxnet.Context, optional
         Where the NDArrays are created (default CPU).
 
     Yields
     ------
     tuple of NDArray
-        ``(images uint8 (n, size, size, 3), labels float32 (n,))``.
+        ``(images, labels float32 (n,))``.
     """
 
     def __init__(self, shards: ShardSet, batches: Sequence, transform: Callable, size: int,
                  classes: Optional[int] = None, workers: int = 2, prefetch: int = 2,
-                 seed: int = 0, epoch: int = 0, ctx=None, report_every: float = 30.0):
+                 seed: int = 0, epoch: int = 0, normalized: bool = True, ctx=None,
+                 report_every: float = 30.0):
         self.shards = shards
         self.batches = list(batches)
         self.transform = transform
@@ -135,6 +175,7 @@ class BatchLoader:
         self.workers = max(0, int(workers))
         self.prefetch = max(1, int(prefetch))
         self.seed, self.epoch = int(seed), int(epoch)
+        self.normalized = normalized
         self.ctx = ctx or mx.cpu()
         self.corrupt_count = 0
         self.images_loaded = 0
@@ -161,66 +202,60 @@ class BatchLoader:
                 self._last_report = now
 
     def __iter__(self):
-        if self.workers == 0:
-            yield from self._iter_inline()
-        else:
-            yield from self._iter_workers()
-
-    def _iter_inline(self):
-        size, bs = self.size, self.batch_size
-        slot_bytes = bs * size * size * 3 + 4 * bs
-        shm = shared_memory.SharedMemory(create=True, size=max(slot_bytes, 1))
-        tasks, results = queue.Queue(), queue.Queue()
+        if not self.batches:
+            return
+        layout = _Layout(self.batch_size, self.size, self.normalized)
+        slots = max(1, self.workers * self.prefetch)
+        shm = shared_memory.SharedMemory(create=True, size=slots * layout.slot_bytes)
         try:
-            for batch_no, indices in enumerate(self.batches):
-                tasks.put((batch_no, 0, indices))
-                tasks.put(None)
-                _worker_loop(0, self.shards, self.transform, tasks, results, shm.name,
-                             slot_bytes, bs, size, self.classes, self.seed, self.epoch)
-                yield self._collect(results.get(), shm, 0, slot_bytes)
+            if self.workers == 0:
+                yield from self._iter_inline(shm, layout)
+            else:
+                yield from self._iter_workers(shm, layout, slots)
         finally:
             shm.close()
             shm.unlink()
 
-    def _collect(self, result, shm, slot, slot_bytes):
+    def _collect(self, result, shm, slot, layout):
         batch_no, count, corrupt, error = result
         if error is not None:
             raise DataError(error)
         if corrupt:
             self._note_corrupt(corrupt)
-        bs, size = self.batch_size, self.size
-        base = slot * slot_bytes
-        images = np.ndarray((bs, size, size, 3), np.uint8, shm.buf, base)[:count]
-        labels = np.ndarray((bs,), np.float32, shm.buf, base + bs * size * size * 3)[:count]
-        out = (mx.nd.array(images, ctx=self.ctx, dtype=np.uint8),
-               mx.nd.array(labels, ctx=self.ctx, dtype=np.float32))
+        pixels, labels = layout.views(shm.buf, slot)
+        out = (mx.nd.array(pixels[:count], ctx=self.ctx, dtype=layout.dtype),
+               mx.nd.array(labels[:count], ctx=self.ctx, dtype=np.float32))
+        del pixels, labels   # views into shared memory must not outlive it
         self.images_loaded += count
         return out
 
-    def _iter_workers(self):
-        size, bs = self.size, self.batch_size
-        if not self.batches:
-            return
-        slots = self.workers * self.prefetch
-        slot_bytes = bs * size * size * 3 + 4 * bs
-        slot_bytes += -slot_bytes % 64
-        shm = shared_memory.SharedMemory(create=True, size=slots * slot_bytes)
+    def _iter_inline(self, shm, layout):
+        tasks, results = queue.Queue(), queue.Queue()
+        for batch_no, indices in enumerate(self.batches):
+            tasks.put((batch_no, 0, indices))
+            tasks.put(None)
+            _worker_loop(self.shards, self.transform, tasks, results, shm.name, layout,
+                         self.classes, self.seed, self.epoch)
+            yield self._collect(results.get(), shm, 0, layout)
+
+    def _iter_workers(self, shm, layout, slots):
         context = mp.get_context("fork")
         task_queues = [context.SimpleQueue() for _ in range(self.workers)]
         result_queues = [context.Queue() for _ in range(self.workers)]
         procs = [context.Process(
             target=_worker_loop, daemon=True,
-            args=(w, self.shards, self.transform, task_queues[w], result_queues[w], shm.name,
-                  slot_bytes, bs, size, self.classes, self.seed, self.epoch))
+            args=(self.shards, self.transform, task_queues[w], result_queues[w], shm.name,
+                  layout, self.classes, self.seed, self.epoch))
             for w in range(self.workers)]
         for proc in procs:
             proc.start()
-        try:
-            def dispatch(batch_no):
-                if batch_no < len(self.batches):
-                    task_queues[batch_no % self.workers].put(
-                        (batch_no, batch_no % slots, np.asarray(self.batches[batch_no])))
 
+        def dispatch(batch_no):
+            if batch_no < len(self.batches):
+                task_queues[batch_no % self.workers].put(
+                    (batch_no, batch_no % slots, np.asarray(self.batches[batch_no])))
+
+        try:
             for batch_no in range(min(slots, len(self.batches))):
                 dispatch(batch_no)
             for batch_no in range(len(self.batches)):
@@ -232,16 +267,15 @@ class BatchLoader:
                     except queue.Empty:
                         if not procs[worker].is_alive():
                             raise DataError(f"input worker {worker} died (exit code "
-                                            f"{procs[worker].exitcode}); out of memory?")
-                batch = self._collect(result, shm, batch_no % slots, slot_bytes)
+                                            f"{procs[worker].exitcode}); out of memory?") \
+                                from None
+                batch = self._collect(result, shm, batch_no % slots, layout)
                 dispatch(batch_no + slots)
                 yield batch
         finally:
-            for q in task_queues:
-                q.put(None)
+            for task_queue in task_queues:
+                task_queue.put(None)
             for proc in procs:
                 proc.join(timeout=5)
                 if proc.is_alive():
                     proc.terminate()
-            shm.close()
-            shm.unlink()

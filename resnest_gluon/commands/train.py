@@ -1,0 +1,62 @@
+"""``scripts/train.py``: train ResNeSt with the published recipe (single process or horovodrun).
+
+    horovodrun -np 64 -H host1:8,... python scripts/train.py --config configs/resnest50.yaml \\
+        --workdir runs/resnest50 data.train=/data/imagenet/train data.val=/data/imagenet/val
+
+A relaunch with the same --workdir resumes from the newest complete checkpoint.
+"""
+import argparse
+import logging
+import os
+import sys
+
+from ..config import ConfigError, load_config
+from ..data import DataError
+from ..data.recordio import MissingIndexError, RecordFormatError
+from ..training.loop import TrainingError, fit
+from . import setup_logging
+
+log = logging.getLogger("train")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n", 1)[1],
+        epilog="Overrides are section.key=value, e.g. train.epochs=90 train.batch_size=64 "
+               "optim.lr=0.4 data.num_classes=100 model.name=resnest101. See "
+               "resnest_gluon/config.py for every key and its default.")
+    parser.add_argument("--config", help="YAML config (deltas over the defaults)")
+    parser.add_argument("--workdir", required=True,
+                        help="run directory: checkpoints, metrics, curves, best/final params")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
+    setup_logging(args.verbose, rank)
+    try:
+        config = load_config(args.config, args.overrides)
+        summary = fit(config, args.workdir)
+    except ConfigError as err:
+        log.error("config error: %s", err)
+        return 2
+    except (FileNotFoundError, MissingIndexError, RecordFormatError, DataError) as err:
+        log.error("data error: %s", err)
+        return 2
+    except TrainingError as err:
+        log.error("%s", err)
+        return 1
+    if rank == 0:
+        last = summary.get("last_eval") or {}
+        log.info("%s at step %d%s; outputs in %s", summary["status"], summary["global_step"],
+                 f", val top-1 {100 * last['top1']:.2f}% on {last['images']} images"
+                 if last else "", args.workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Checkpoints: atomic, verified, rotated; resume from the newest complete one.
+
+This module owns :class:`CheckpointManager`. Layout under the work directory::
+
+    checkpoints/step-00001234/model.params    network parameters
+    checkpoints/step-00001234/trainer.states  optimizer state (momentum)
+    checkpoints/step-00001234/meta.json       position, seeds, config hash, metrics, checksums
+    best.params, final.params                 the best and the last model
+
+A checkpoint is written into a temporary folder and renamed into place, and its ``meta.json``
+holds the checksums of the other two files, so a checkpoint that is truncated or corrupted on
+disk is detected at resume and the one before it is used. Only rank 0 writes.
+"""
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from typing import Optional
+
+__all__ = ["CheckpointManager", "atomic_save_parameters"]
+
+log = logging.getLogger(__name__)
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_save_parameters(net, path):
+    """``net.save_parameters`` to a temporary name, then rename."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    net.save_parameters(tmp)
+    os.replace(tmp, path)
+
+
+class CheckpointManager:
+    """Save and restore training state in ``workdir``.
+
+    Parameters
+    ----------
+    workdir : str
+        The run's work directory.
+    keep : int
+        Newest checkpoints to keep (the best one is kept besides).
+    is_writer : bool
+        Whether this process writes (rank 0).
+    """
+
+    def __init__(self, workdir: str, keep: int = 3, is_writer: bool = True):
+        self.workdir = workdir
+        self.folder = os.path.join(workdir, "checkpoints")
+        self.keep = keep
+        self.is_writer = is_writer
+        if is_writer:
+            os.makedirs(self.folder, exist_ok=True)
+
+    def _steps(self):
+        if not os.path.isdir(self.folder):
+            return []
+        found = [(int(m.group(1)), name) for name in os.listdir(self.folder)
+                 if (m := _STEP_DIR.match(name))]
+        return sorted(found, reverse=True)
+
+    def save(self, net, trainer, meta: dict) -> Optional[str]:
+        """Write a checkpoint for ``meta["global_step"]``; returns its folder (rank 0)."""
+        if not self.is_writer:
+            return None
+        name = f"step-{meta['global_step']:08d}"
+        final = os.path.join(self.folder, name)
+        tmp = os.path.join(self.folder, f".tmp-{name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        net.save_parameters(os.path.join(tmp, "model.params"))
+        trainer.save_states(os.path.join(tmp, "trainer.states"))
+        meta = dict(meta, saved_at=time.time(), files={
+            f: _sha256(os.path.join(tmp, f)) for f in ("model.params", "trainer.states")})
+        with open(os.path.join(tmp, "meta.json"), "w") as handle:
+            json.dump(meta, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        self._rotate(meta.get("best_step"))
+        log.info("checkpoint %s (epoch %d, batch %d)", final, meta["epoch"], meta["batch"])
+        return final
+
+    def _rotate(self, best_step):
+        for n, (step, name) in enumerate(self._steps()):
+            if n >= self.keep and step != best_step:
+                shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
+
+    def verify(self, folder) -> dict:
+        """Return the meta of a complete checkpoint folder; ``ValueError`` saying what is
+        wrong otherwise."""
+        meta_path = os.path.join(folder, "meta.json")
+        try:
+            with open(meta_path) as handle:
+                meta = json.load(handle)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"unreadable meta.json ({err})") from None
+        for name, digest in meta.get("files", {}).items():
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):
+                raise ValueError(f"{name} is missing")
+            if _sha256(path) != digest:
+                raise ValueError(f"{name} does not match its checksum (truncated or corrupt)")
+        return meta
+
+    def latest(self):
+        """``(folder, meta)`` of the newest complete checkpoint, or ``(None, None)``.
+
+        Damaged newer checkpoints are reported and skipped.
+        """
+        for step, name in self._steps():
+            folder = os.path.join(self.folder, name)
+            try:
+                return folder, self.verify(folder)
+            except ValueError as err:
+                log.warning("checkpoint %s is damaged (%s); using the one before it", folder, err)
+        return None, None
+
+    def restore(self, net, trainer, ctx):
+        """Load the newest complete checkpoint into ``net`` and ``trainer``; returns its meta
+        or None when there is none."""
+        folder, meta = self.latest()
+        if folder is None:
+            return None
+        net.load_parameters(os.path.join(folder, "model.params"), ctx=ctx)
+        trainer.load_states(os.path.join(folder, "trainer.states"))
+        log.info("resumed from %s (epoch %d, batch %d, step %d)", folder, meta["epoch"],
+                 meta["batch"], meta["global_step"])
+        return meta
+
+    def save_model(self, net, name):
+        """Write ``WORKDIR/name`` (best.params / final.params) atomically (rank 0)."""
+        if self.is_writer:
+            atomic_save_parameters(net, os.path.join(self.workdir, name))

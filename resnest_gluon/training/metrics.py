@@ -1,0 +1,76 @@
+"""Run observability: the JSON-lines metrics log and the training-curve plot.
+
+This module owns :class:`MetricsLog` (append-only ``metrics.jsonl``, rank 0) and
+:func:`plot_curves` (loss, learning rate and top-1 against epochs, to PNG).
+"""
+import json
+import os
+import time
+
+__all__ = ["MetricsLog", "plot_curves", "read_metrics", "peak_memory_mb"]
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process in MB."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class MetricsLog:
+    """Append records to ``path`` (one JSON object per line) when ``enabled``."""
+
+    def __init__(self, path: str, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, kind: str, **fields):
+        if not self.enabled:
+            return
+        record = {"kind": kind, "time": round(time.time(), 3), **fields}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str):
+    """All records of a metrics log (a torn last line, from a kill, is ignored)."""
+    records = []
+    if os.path.exists(path):
+        with open(path) as handle:
+            for line in handle:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+    return records
+
+
+def plot_curves(metrics_path: str, png_path: str) -> str:
+    """Draw loss, LR and validation top-1 against epoch into ``png_path``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    records = read_metrics(metrics_path)
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    evals = [r for r in epochs if r.get("val_top1") is not None]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot([r["epoch_float"] for r in steps], [r["loss"] for r in steps], lw=0.8,
+                 label="train (steps)")
+    axes[0].plot([r["epoch"] + 1 for r in epochs], [r["train_loss"] for r in epochs], "o-",
+                 label="train (epoch mean)")
+    axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
+    axes[0].legend()
+    axes[1].plot([r["epoch_float"] for r in steps], [r["lr"] for r in steps])
+    axes[1].set(xlabel="epoch", ylabel="learning rate", title="learning rate")
+    axes[2].plot([r["epoch"] + 1 for r in evals], [100 * r["val_top1"] for r in evals], "o-",
+                 label="top-1")
+    axes[2].plot([r["epoch"] + 1 for r in evals], [100 * r["val_top5"] for r in evals], "s--",
+                 label="top-5")
+    axes[2].set(xlabel="epoch", ylabel="accuracy (%)", title="validation")
+    axes[2].legend()
+    fig.tight_layout()
+    tmp = png_path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path
