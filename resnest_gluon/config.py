@@ -48,6 +48,7 @@ class DataConfig:
     workers: int = 4                # decoding processes per training process
     prefetch: int = 2               # batches in flight per worker
     autoaugment: bool = True
+    min_crop_area: float = 0.08     # RandomResizedCrop area range [min, 1]
     jitter: float = 0.4
     lighting: float = 0.1
     label_smoothing: float = 0.1
@@ -122,6 +123,7 @@ _RANGES = [
     ("data.workers", lambda v: v >= 0, ">= 0"),
     ("data.prefetch", lambda v: v >= 1, ">= 1"),
     ("data.jitter", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("data.min_crop_area", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("data.lighting", lambda v: v >= 0, ">= 0"),
     ("data.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("data.mixup_alpha", lambda v: v >= 0, ">= 0"),

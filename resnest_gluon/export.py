@@ -13,8 +13,9 @@ import mxnet as mx
 import numpy as np
 
 from .models.dropblock import get_dropblock_prob, set_dropblock_prob
+from .models.splat import set_split_outputs
 
-__all__ = ["ExportResult", "export_symbol", "load_exported"]
+__all__ = ["ExportResult", "export_symbol", "export_onnx", "load_exported"]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ def load_exported(symbol_file: str, params_file: str, ctx=None):
 
 
 def export_symbol(net, prefix: str, input_size: int = 224, batch_size: int = 1,
-                  in_channels: int = 3, sample=None) -> ExportResult:
+                  in_channels: int = 3, sample=None, onnx_compatible: bool = False) \
+        -> ExportResult:
     """Write ``PREFIX-symbol.json`` and ``PREFIX-0000.params`` for inference at ``input_size``.
 
     DropBlock layers are removed from the graph for the export (they are the identity in
@@ -56,6 +58,9 @@ def export_symbol(net, prefix: str, input_size: int = 224, batch_size: int = 1,
         Shape the graph is traced (and statically planned) for.
     sample : NDArray, optional
         Batch for the check.
+    onnx_compatible : bool
+        Trace split attention with split/add_n instead of 5-D reshapes (what MXNet's ONNX
+        exporter can translate); same numbers.
 
     Returns
     -------
@@ -67,15 +72,63 @@ def export_symbol(net, prefix: str, input_size: int = 224, batch_size: int = 1,
         sample = mx.nd.array(np.random.RandomState(0).normal(size=shape).astype("float32"))
     drop_prob = get_dropblock_prob(net)
     set_dropblock_prob(net, 0.0)
+    set_split_outputs(net, onnx_compatible)
     try:
         net.hybridize(static_alloc=True, static_shape=True)
         expected = net(sample).asnumpy()
         net.export(prefix, epoch=0)
     finally:
         set_dropblock_prob(net, drop_prob)
+        set_split_outputs(net, False)
     symbol_file, params_file = f"{prefix}-symbol.json", f"{prefix}-0000.params"
     exported = load_exported(symbol_file, params_file)
     diff = float(np.abs(exported(sample).asnumpy() - expected).max())
     log.info("exported %s and %s (input %s); max |exported - gluon| = %.3g",
              symbol_file, params_file, shape, diff)
     return ExportResult(symbol_file, params_file, shape, diff)
+
+
+# mxnet 1.9.1 translates operators with its opset-13 rules but stamps the model with the
+# installed onnx's newest opset (20 for onnx 1.15), whose Split/ReduceMean differ: restamp.
+ONNX_OPSET = 13
+
+
+def _declare_opset(onnx_file, version):
+    import onnx
+    model = onnx.load(onnx_file)
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = version
+    onnx.checker.check_model(model)
+    onnx.save(model, onnx_file)
+
+
+def export_onnx(symbol_file: str, params_file: str, input_shape, onnx_file: str,
+                sample=None) -> float:
+    """Convert an exported symbol + params to ONNX and check it with onnxruntime.
+
+    Needs ``onnx==1.15`` and ``onnxruntime`` (the ``onnx`` extra). Returns the max abs
+    difference between onnxruntime's output and MXNet's on ``sample`` (default: a seeded random
+    batch of ``input_shape``).
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        raise RuntimeError("ONNX export needs onnx==1.15.0 and onnxruntime: "
+                           "pip install 'resnest_gluon[onnx]'") from None
+    from mxnet import onnx as mx_onnx
+    os.makedirs(os.path.dirname(os.path.abspath(onnx_file)), exist_ok=True)
+    mx_onnx.export_model(symbol_file, params_file, [tuple(input_shape)], [np.float32],
+                         onnx_file, dynamic=False)
+    _declare_opset(onnx_file, ONNX_OPSET)
+    if sample is None:
+        sample = np.random.RandomState(0).normal(size=input_shape).astype("float32")
+    sample = sample.asnumpy() if hasattr(sample, "asnumpy") else np.asarray(sample, np.float32)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3   # the exporter lists weights as inputs too: ORT warns
+    session = onnxruntime.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: sample})[0]
+    expected = load_exported(symbol_file, params_file)(mx.nd.array(sample)).asnumpy()
+    diff = float(np.abs(got - expected).max())
+    log.info("exported %s; max |onnxruntime - mxnet| = %.3g", onnx_file, diff)
+    return diff

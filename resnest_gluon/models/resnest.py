@@ -285,7 +285,8 @@ class ResNeSt(nn.HybridBlock):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def hybrid_forward(self, F, x):
-        x = F.mean(self.features(F, x), axis=(2, 3))
+        x = F.Pooling(self.features(F, x), kernel=(1, 1), global_pool=True, pool_type="avg")
+        x = F.flatten(x)
         if self.drop is not None:
             x = self.drop(x)
         return self.fc(x)

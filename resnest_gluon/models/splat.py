@@ -15,7 +15,7 @@ channels permuted (``tests/test_splat.py`` checks it against a naive NumPy versi
 """
 from mxnet.gluon import nn
 
-__all__ = ["SplitAttentionConv", "attention_channels"]
+__all__ = ["SplitAttentionConv", "attention_channels", "set_split_outputs"]
 
 
 def attention_channels(in_channels: int, radix: int, reduction: int = 4, minimum: int = 32) -> int:
@@ -76,30 +76,58 @@ class SplitAttentionConv(nn.HybridBlock):
         self.drop = nn.Dropout(attention_dropout) if attention_dropout > 0 else None
         self.fc2 = nn.Conv2D(channels * radix, 1, in_channels=inter_channels,
                              groups=cardinality)
+        # Same computation with split/add_n instead of 5-D reshapes, for exporters (ONNX)
+        # that do not know MXNet's special reshape codes; see set_split_outputs().
+        self.split_outputs = False
 
     def hybrid_forward(self, F, x):
         x = F.relu(self.bn(self.conv(x)))
         if self.radix > 1:
-            # (N, R*C, H, W) -> (N, R, C, H, W): a view, no copy.
-            splits = F.reshape(x, (0, -4, self.radix, -1, -2))
-            context = F.sum(splits, axis=1)
+            if self.split_outputs:
+                splits = F.split(x, num_outputs=self.radix, axis=1)
+                context = F.add_n(*splits)
+            else:
+                # (N, R*C, H, W) -> (N, R, C, H, W): a view, no copy.
+                splits = F.reshape(x, (0, -4, self.radix, -1, -2))
+                context = F.sum(splits, axis=1)
         else:
-            splits = None
             context = x
-        context = F.mean(context, axis=(2, 3), keepdims=True)
+        # global average pooling (oneDNN kernel; exports as GlobalAveragePool)
+        context = F.Pooling(context, kernel=(1, 1), global_pool=True, pool_type="avg")
         att = F.relu(self.bn1(self.fc1(context)))
         if self.drop is not None:
             att = self.drop(att)
         att = self.fc2(att)
-        if self.radix > 1:
-            # logits are [k][r][c]; softmax over r, then lay them out radix-major [r][k][c].
-            att = F.reshape(att, (0, self.cardinality, self.radix, -1))
-            att = F.softmax(att, axis=2)
-            att = F.swapaxes(att, 1, 2)
-            att = F.reshape(att, (0, self.radix, self.channels, 1, 1))
-            return F.sum(F.broadcast_mul(splits, att), axis=1)
-        return F.broadcast_mul(x, F.sigmoid(att))
+        if self.radix == 1:
+            return F.broadcast_mul(x, F.sigmoid(att))
+        # logits are [k][r][c]; softmax over r, then lay them out radix-major [r][k][c].
+        att = F.reshape(att, (0, self.cardinality, self.radix, -1))
+        att = F.swapaxes(F.softmax(att, axis=2), 1, 2)
+        if self.split_outputs:
+            weights = F.split(F.reshape(att, (0, self.radix, self.channels)),
+                              num_outputs=self.radix, axis=1, squeeze_axis=True)
+            return F.add_n(*[F.broadcast_mul(split, F.reshape(w, (0, 0, 1, 1)))
+                             for split, w in zip(splits, weights)])
+        att = F.reshape(att, (0, self.radix, self.channels, 1, 1))
+        return F.sum(F.broadcast_mul(splits, att), axis=1)
 
     def __repr__(self):
         return (f"{self.__class__.__name__}(channels={self.channels}, radix={self.radix}, "
                 f"cardinality={self.cardinality})")
+
+
+def set_split_outputs(net, enabled: bool) -> int:
+    """Switch every split-attention block of ``net`` to the split/add_n formulation (for
+    ONNX export) or back; cached graphs are cleared. Returns the number of blocks."""
+    count = 0
+
+    def visit(block):
+        nonlocal count
+        if isinstance(block, SplitAttentionConv):
+            block.split_outputs = enabled
+            count += 1
+        if isinstance(block, nn.HybridBlock):
+            block._clear_cached_op()  # pylint: disable=protected-access
+
+    net.apply(visit)
+    return count

@@ -135,13 +135,13 @@ class _Watchdog(threading.Thread):
         super().__init__(daemon=True)
         self.timeout = timeout
         self.last = time.monotonic()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def beat(self):
         self.last = time.monotonic()
 
     def run(self):
-        while not self._stop.wait(min(10.0, self.timeout / 4)):
+        while not self._halt.wait(min(10.0, self.timeout / 4)):
             if time.monotonic() - self.last > self.timeout:
                 log.error("no training step finished for %.0f s: a worker is stuck or dead; "
                           "aborting the job (resume restarts from the last checkpoint)",
@@ -150,7 +150,7 @@ class _Watchdog(threading.Thread):
                 os._exit(3)
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
 
 
 class _EMA:
@@ -262,7 +262,8 @@ def fit(config: cfg.Config, workdir: str, dist=None):
     mix = MixConfig(dc.num_classes, dc.label_smoothing, dc.mixup_alpha)
     sparse_loss = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=True)
     soft_loss = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)
-    train_transform = TrainTransform(dc.input_size, dc.autoaugment, dc.jitter, dc.lighting)
+    train_transform = TrainTransform(dc.input_size, dc.autoaugment, dc.jitter, dc.lighting,
+                                     scale=(dc.min_crop_area, 1.0))
     eval_size, crop_ratio = eval_settings(config)
     metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=rank0)
     if rank0:

@@ -1,0 +1,90 @@
+"""``scripts/verify.py``: top-1 / top-5 of a model on RecordIO validation shards.
+
+Counts are exact: every image once across ranks (also under horovodrun), summed, and the number
+of images is printed. Published Gluon weights load through the converter.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+import numpy as np
+
+from ..data import ShardSet
+from ..data.recordio import MissingIndexError, RecordFormatError
+from ..data.loader import DataError
+from ..models import get_spec
+from ..models.convert import WeightsMismatchError
+from ..models.zoo import eval_crop_ratio
+from ..training.dist import init_distributed
+from ..training.loop import default_context, eval_settings, evaluate
+from . import setup_logging
+from .common import add_model_arguments, load_network
+
+log = logging.getLogger("verify")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="verify.py", description=__doc__.split("\n\n")[0]
+                                     .split(": ", 1)[1])
+    add_model_arguments(parser)
+    parser.add_argument("--rec-val", required=True,
+                        help="validation shards: .rec, shard prefix, glob or folder")
+    parser.add_argument("--size", type=int, default=None,
+                        help="eval crop (default: the config's or the model's eval size)")
+    parser.add_argument("--crop-ratio", type=float, default=None,
+                        help="crop / resized shorter side (default 0.875; size/(size+32) "
+                             "at 320 and above)")
+    parser.add_argument("--interpolation", default="bicubic", help="resize filter (bicubic)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--per-class-csv", help="write per-class accuracy here")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    dist = init_distributed()
+    setup_logging(rank=dist.rank)
+    ctx = default_context(dist.local_rank)
+    try:
+        net, config = load_network(args, ctx)
+        if config is not None:
+            size, ratio = eval_settings(config)
+        else:
+            size = get_spec(args.model).eval_size
+            ratio = None
+        size = args.size or size
+        ratio = args.crop_ratio or ratio or eval_crop_ratio(size)
+        shards = ShardSet(args.rec_val)
+        net.hybridize(static_alloc=True, static_shape=True)
+        classes = net.classes
+        result = evaluate(net, shards, dist, size, ratio, args.batch_size, args.workers,
+                          classes, ctx, args.interpolation, per_class=bool(args.per_class_csv))
+    except (FileNotFoundError, MissingIndexError, RecordFormatError, DataError,
+            WeightsMismatchError, ValueError) as err:
+        log.error("%s", err)
+        return 2
+    if dist.rank != 0:
+        return 0
+    if args.per_class_csv:
+        os.makedirs(os.path.dirname(os.path.abspath(args.per_class_csv)), exist_ok=True)
+        with open(args.per_class_csv, "w") as handle:
+            handle.write("class,correct,images,accuracy\n")
+            for label, (correct, total) in enumerate(result["per_class"]):
+                accuracy = correct / total if total else float("nan")
+                handle.write(f"{label},{int(correct)},{int(total)},{accuracy:.6f}\n")
+    if args.json:
+        print(json.dumps({"top1": result["top1"], "top5": result["top5"],
+                          "images": result["images"], "size": size, "crop_ratio": ratio}))
+    else:
+        print(f"top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  on "
+              f"{result['images']} images  (size {size}, crop ratio {ratio:.3f}, "
+              f"{dist.size} worker(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
