@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from PIL import Image
+from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from resnest_gluon.data.recordio import (MissingIndexError, RecordFile, RecordFormatError,
@@ -70,10 +70,13 @@ def check(spec, num_classes=None, decode=True, checksums=True, progress=True):
             if num_classes is not None and not 0 <= label < num_classes:
                 problems.append(f"{where}: label {label:g} outside [0, {num_classes})")
             if decode:
+                lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
                 try:
                     Image.open(io.BytesIO(image)).load()
                 except Exception as err:  # pylint: disable=broad-except
                     problems.append(f"{where}: image does not decode ({err})")
+                finally:
+                    ImageFile.LOAD_TRUNCATED_IMAGES = lenient
         if ends and max(ends) < shard.size:
             problems.append(f"{name}: {shard.size - max(ends)} bytes after the last indexed "
                             f"record (a partial record, or an index that misses records)")

@@ -16,7 +16,7 @@ import random
 import sys
 import time
 
-from PIL import Image
+from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from resnest_gluon.data.recordio import RecordWriter, pack_record, shard_name
@@ -36,6 +36,9 @@ def encode_image(path: str, resize: int = 0, quality: int = 95):
     formats are re-encoded as JPEG. With ``resize`` the shorter side is reduced to ``resize``
     (never enlarged) and the image re-encoded as JPEG at ``quality``.
     """
+    # Truncated files must fail the check even if an imported library (gluoncv does) set
+    # Pillow's process-wide LOAD_TRUNCATED_IMAGES.
+    lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
@@ -62,6 +65,8 @@ def encode_image(path: str, resize: int = 0, quality: int = 95):
     except Exception as err:  # pylint: disable=broad-except
         # any failure of an input is that input's problem: report and skip it
         return None, None, f"{type(err).__name__}: {err}"
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
 
 
 def _encode_task(args):
