@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import queue
 import random
+import signal
 import time
 import traceback
 from multiprocessing import shared_memory
@@ -85,11 +86,18 @@ def _store(pixels, pos, rgb, normalized):
 
 def _worker_loop(shards, transform, task_queue, result_queue, shm_name, layout, classes, seed,
                  epoch):
+    # A worker whose main process vanished (kill -9) exits instead of waiting forever.
+    parent = os.getppid()
     shm = shared_memory.SharedMemory(name=shm_name)
     pixels = labels = None
     try:
         while True:
-            task = task_queue.get()
+            try:
+                task = task_queue.get(timeout=2.0)
+            except queue.Empty:
+                if os.getppid() != parent:
+                    return
+                continue
             if task is None:
                 return
             batch_no, slot, indices = task
@@ -127,6 +135,14 @@ def _worker_loop(shards, transform, task_queue, result_queue, shm_name, layout, 
     finally:
         del pixels, labels
         shm.close()
+
+
+def _worker_main(*args):
+    # The main process decides when to stop (on SIGTERM it first saves a checkpoint): the
+    # workers ignore the signals a scheduler sends to the whole process group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _worker_loop(*args)
 
 
 class BatchLoader:
@@ -240,10 +256,10 @@ class BatchLoader:
 
     def _iter_workers(self, shm, layout, slots):
         context = mp.get_context("fork")
-        task_queues = [context.SimpleQueue() for _ in range(self.workers)]
+        task_queues = [context.Queue() for _ in range(self.workers)]
         result_queues = [context.Queue() for _ in range(self.workers)]
         procs = [context.Process(
-            target=_worker_loop, daemon=True,
+            target=_worker_main, daemon=True,
             args=(self.shards, self.transform, task_queues[w], result_queues[w], shm.name,
                   layout, self.classes, self.seed, self.epoch))
             for w in range(self.workers)]

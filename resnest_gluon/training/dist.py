@@ -36,6 +36,9 @@ class SingleProcess:
     def broadcast_parameters(self, params):
         """Make every worker's parameters equal rank 0's."""
 
+    def average_in_place(self, params):
+        """Average the values of ``params`` (e.g. BatchNorm running statistics) over workers."""
+
     def make_trainer(self, params, optimizer, optimizer_params, fp16_allreduce=False):
         """A Gluon trainer whose ``step`` averages gradients over all workers."""
         return mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore="device")
@@ -70,6 +73,20 @@ class HorovodContext(SingleProcess):
 
     def broadcast_parameters(self, params):
         self.hvd.broadcast_parameters(params, root_rank=0)
+
+    def average_in_place(self, params):
+        params = list(params)
+        if not params:
+            return
+        # one flat allreduce (through NumPy: oneDNN-layout arrays cannot be reduced in place)
+        values = [p.data().asnumpy() for p in params]
+        self._counter += 1
+        flat = mx.nd.array(np.concatenate([v.ravel() for v in values]))
+        mean = self.hvd.allreduce(flat, average=True, name=f"average.{self._counter}").asnumpy()
+        offset = 0
+        for param, value in zip(params, values):
+            param.set_data(mx.nd.array(mean[offset:offset + value.size].reshape(value.shape)))
+            offset += value.size
 
     def make_trainer(self, params, optimizer, optimizer_params, fp16_allreduce=False):
         compression = (self.hvd.Compression.fp16 if fp16_allreduce

@@ -286,7 +286,16 @@ def fit(config: cfg.Config, workdir: str, dist=None):
                 "seed": tc.seed, "config_hash": cfg.config_hash(config),
                 "best_top1": best["top1"], "best_step": best["step"], "lr": schedule(global_step)}
 
+    running_stats = [p for name, p in net.collect_params().items()
+                     if name.endswith(("running_mean", "running_var"))]
+
+    def sync_running_stats():
+        # Each rank's BatchNorm statistics saw only its own data: average them, so that every
+        # rank evaluates, and rank 0 saves, the same model.
+        dist.average_in_place(running_stats)
+
     def save_checkpoint():
+        sync_running_stats()
         if ema is not None:
             ema.swap()
         try:
@@ -377,6 +386,7 @@ def fit(config: cfg.Config, workdir: str, dist=None):
             epoch += 1
             batch_in_epoch = 0
             last_epoch = epoch == tc.epochs
+            sync_running_stats()
             if val_shards is not None and (epoch % tc.eval_every == 0 or last_epoch):
                 if ema is not None:
                     ema.swap()
