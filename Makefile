@@ -54,7 +54,7 @@ env: $(DEPS_STAMP)
 	fi
 
 demo: env
-	PATH=$(VENV)/bin:$$PATH $(VPY) scripts/demo.py
+	PATH=$(VENV)/bin:$$PATH $(VPY) scripts/demo.py --fresh
 
 test: env
 	PATH=$(VENV)/bin:$$PATH $(VPY) -m pytest $(PYTEST_ARGS)

@@ -252,3 +252,50 @@ def test_verify_export_predict_on_a_trained_model(digits, tmp_path):
     rows = [json.loads(l) for l in predict.stdout.splitlines()]
     assert len(rows) == 3 and all(len(r["top"]) == 5 for r in rows)
     assert all(abs(sum(t["prob"] for t in r["top"]) - 1) < 0.5 for r in rows)
+
+
+def _rank_pids(marker, rank):
+    """PIDs of the training processes of ``rank`` (main process and its loader workers)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+            environ = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and f"\0HOROVOD_RANK={rank}\0" in "\0" + environ:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.parametrize("how", ["dead", "stuck"])
+def test_dead_or_stuck_worker_ends_the_job_in_bounded_time(digits, tmp_path, how):
+    workdir = tmp_path / how
+    job = subprocess.Popen([HOROVODRUN, "-np", "2", "-H", "localhost:2", sys.executable,
+                            os.path.join(ROOT, "scripts", "train.py"), "--workdir", str(workdir),
+                            *tiny(digits, "train.epochs=500", "train.stall_timeout=60")],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(
+            r["kind"] == "step" and r["step"] >= 3
+            for r in read_metrics(str(workdir / "metrics.jsonl"))):
+        time.sleep(0.5)
+    pids = _rank_pids(str(workdir), 1)
+    assert pids, "rank 1 not found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL if how == "dead" else signal.SIGSTOP)
+    started = time.time()
+    try:
+        output = job.communicate(timeout=240)[0]
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0, output[-2000:]
+    assert time.time() - started < 240

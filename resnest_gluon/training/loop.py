@@ -256,6 +256,7 @@ def fit(config: cfg.Config, workdir: str, dist=None):
     # finish any deferred initialisation, then make every rank start from rank 0's weights
     net(mx.nd.zeros((1, 3, dc.input_size, dc.input_size), ctx=ctx))
     dist.broadcast_parameters(net.collect_params())
+    mx.nd.waitall()   # the broadcast is asynchronous: finish it while every rank is alive
     ema = _EMA(net.collect_params(), tc.ema_decay) if tc.ema_decay > 0 else None
     mx.random.seed(tc.seed * 1000 + dist.rank + global_step)
 
@@ -372,6 +373,7 @@ def fit(config: cfg.Config, workdir: str, dist=None):
                 log.info("%s at step %d; checkpoint saved, relaunch to resume",
                          "stop requested" if status == "stopped" else "max_steps reached",
                          global_step)
+                dist.barrier()
                 return {"status": status, "global_step": global_step, "epoch": epoch,
                         "lr": schedule(global_step), "last_eval": last_eval}
             # end of epoch
@@ -419,6 +421,7 @@ def fit(config: cfg.Config, workdir: str, dist=None):
         checkpoints.save_model(net, "final.params")
         if val_shards is None:
             checkpoints.save_model(net, "best.params")
+        dist.barrier()   # no rank leaves while another still needs a collective
         return {"status": status, "global_step": global_step, "epoch": epoch,
                 "lr": schedule(global_step), "last_eval": last_eval,
                 "best_top1": best["top1"]}
