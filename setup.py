@@ -32,6 +32,11 @@ setup(
     entry_points={
         "console_scripts": [
             "resnest-summary=resnest_gluon.commands.summary:main",
+            "resnest-train=resnest_gluon.commands.train:main",
+            "resnest-verify=resnest_gluon.commands.verify:main",
+            "resnest-export=resnest_gluon.commands.export:main",
+            "resnest-predict=resnest_gluon.commands.predict:main",
+            "resnest-bench-data=resnest_gluon.commands.bench_data:main",
             "recordio-tools=recordio_tools.__main__:main",
             "recordio-pack=recordio_tools.pack:main",
             "recordio-check=recordio_tools.check:main",

@@ -17,9 +17,8 @@ from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from resnest_gluon.data.recordio import (MissingIndexError, RecordFile, RecordFormatError,
-                                         resolve_shards, unpack_record)
+                                         resolve_shards, sha256_file, unpack_record)
 
-from .pack import _sha256
 
 __all__ = ["check", "build_parser", "main", "find_manifest"]
 
@@ -89,7 +88,7 @@ def check(spec, num_classes=None, decode=True, checksums=True, progress=True):
                 if expected["records"] != len(shard):
                     problems.append(f"{name}: {len(shard)} records, manifest says "
                                     f"{expected['records']}")
-                if checksums and _sha256(path) != expected["rec_sha256"]:
+                if checksums and sha256_file(path) != expected["rec_sha256"]:
                     problems.append(f"{name}: checksum differs from the manifest")
     if manifest is not None and len(paths) == manifest["num_shards"] \
             and total != manifest["records"]:

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from resnest_gluon.data.recordio import ShardSet, unpack_record
+from resnest_gluon.data.recordio import ShardSet, read_classes_file, unpack_record
 
 from .check import find_manifest
 
@@ -19,13 +19,9 @@ def _class_names(rec_path):
     if not manifest:
         return {}
     classes = manifest[:-len(".manifest.json")] + ".classes.tsv"
-    names = {}
-    if os.path.isfile(classes):
-        for line in open(classes):
-            if not line.startswith("#") and line.strip():
-                fields = line.rstrip("\n").split("\t")
-                names[int(fields[0])] = fields[2] if len(fields) > 2 else fields[1]
-    return names
+    if not os.path.isfile(classes):
+        return {}
+    return {i: name for i, (_, name) in enumerate(read_classes_file(classes))}
 
 
 def inspect(spec, samples=16, sheet=None, seed=0, max_sizes=2000):

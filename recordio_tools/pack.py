@@ -19,7 +19,7 @@ import time
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
-from resnest_gluon.data.recordio import RecordWriter, pack_record, shard_name
+from resnest_gluon.data.recordio import RecordWriter, pack_record, sha256_file, shard_name
 
 from . import sources
 
@@ -75,14 +75,6 @@ def _encode_task(args):
     if payload is None:
         return index, path, label, None, None, reason
     return index, path, label, pack_record(label, payload, record_id=index), size, None
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def plan_shards(items, num_shards):
@@ -208,8 +200,8 @@ def _write_shard(prefix, s, num_shards, results, digest, bar):
         raise
     stats = {"shard": s, "rec": os.path.basename(rec_path),
              "idx": os.path.basename(writer.idx_path), "records": writer.count,
-             "bytes": os.path.getsize(rec_path), "rec_sha256": _sha256(rec_path),
-             "idx_sha256": _sha256(writer.idx_path), "per_class": per_class,
+             "bytes": os.path.getsize(rec_path), "rec_sha256": sha256_file(rec_path),
+             "idx_sha256": sha256_file(writer.idx_path), "per_class": per_class,
              "skipped": skipped, "digest": digest}
     stats_path = shard_name(prefix, s, num_shards, ".json")
     with open(stats_path + ".tmp", "w") as handle:

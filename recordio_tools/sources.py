@@ -4,6 +4,8 @@ import csv
 import os
 from typing import Dict, List, Optional, Tuple
 
+from resnest_gluon.data.recordio import read_classes_file
+
 __all__ = ["Item", "scan_tree", "scan_flat_with_labels", "read_lst", "read_classes",
            "IMAGE_EXTENSIONS"]
 
@@ -16,17 +18,8 @@ def _is_image_name(name):
 
 
 def read_classes(path: str) -> List[str]:
-    """Class ids (wnids) in index order from a classes file (``index<TAB>id[<TAB>name]``)."""
-    rows = []
-    with open(path) as handle:
-        for line in handle:
-            if line.strip() and not line.startswith("#"):
-                fields = line.rstrip("\n").split("\t")
-                rows.append((int(fields[0]), fields[1]))
-    rows.sort()
-    if [i for i, _ in rows] != list(range(len(rows))):
-        raise ValueError(f"{path}: class indices are not 0..{len(rows) - 1}")
-    return [wnid for _, wnid in rows]
+    """Class ids (wnids) in index order from a packer classes file."""
+    return [cid for cid, _ in read_classes_file(path)]
 
 
 def scan_tree(root: str, classes: Optional[List[str]] = None):

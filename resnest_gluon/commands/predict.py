@@ -9,6 +9,8 @@ import mxnet as mx
 import numpy as np
 
 from ..data import EvalTransform
+from ..data.recordio import read_classes_file
+from ..data.transforms import MEAN_RGB, STD_RGB
 from ..export import load_exported
 from ..models.zoo import eval_crop_ratio
 from . import setup_logging
@@ -16,22 +18,10 @@ from . import setup_logging
 log = logging.getLogger("predict")
 
 
-def read_class_names(path):
-    """``index -> name`` from a packer classes file (``index<TAB>id<TAB>name``)."""
-    names = {}
-    with open(path) as handle:
-        for line in handle:
-            if line.strip() and not line.startswith("#"):
-                fields = line.rstrip("\n").split("\t")
-                names[int(fields[0])] = fields[2] if len(fields) > 2 else fields[1]
-    return names
-
-
 def predict(net, paths, size, crop_ratio, names=None, top=5):
     """Top-``top`` ``[(label, name, probability)]`` for each image file."""
     transform = EvalTransform(size, crop_ratio)
-    mean = np.array([0.485, 0.456, 0.406], np.float32) * 255
-    std = np.array([0.229, 0.224, 0.225], np.float32) * 255
+    mean, std = np.array(MEAN_RGB, np.float32), np.array(STD_RGB, np.float32)
     results = []
     for path in paths:
         with open(path, "rb") as handle:
@@ -62,7 +52,8 @@ def main(argv=None) -> int:
             log.error("file not found: %s", path)
             return 2
     net = load_exported(symbol, params)
-    names = read_class_names(args.classes) if args.classes else None
+    names = ({i: name for i, (_, name) in enumerate(read_classes_file(args.classes))}
+             if args.classes else None)
     ratio = args.crop_ratio or eval_crop_ratio(args.size)
     try:
         results = predict(net, args.images, args.size, ratio, names, args.top)

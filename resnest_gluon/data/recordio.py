@@ -19,6 +19,7 @@ here are read by ``mx.recordio``, ``mx.io.ImageRecordIter`` and ``ImageRecordDat
 """
 import bisect
 import glob
+import hashlib
 import os
 import re
 import struct
@@ -28,7 +29,7 @@ import numpy as np
 
 __all__ = ["MAGIC", "RecordFormatError", "MissingIndexError", "IRHeader", "pack_record",
            "unpack_record", "RecordWriter", "RecordFile", "ShardSet", "shard_name",
-           "resolve_shards", "rebuild_index"]
+           "resolve_shards", "rebuild_index", "sha256_file", "read_classes_file"]
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -257,6 +258,30 @@ def rebuild_index(rec_path: str, idx_path: Optional[str] = None) -> int:
                 count += 1
     os.replace(tmp, idx_path)
     return count
+
+
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file (manifest and checkpoint checksums)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_classes_file(path: str) -> List[Tuple[str, str]]:
+    """The packer's ``PREFIX.classes.tsv`` (``index<TAB>class id<TAB>name``) as a list of
+    ``(class id, name)`` in label order."""
+    rows = []
+    with open(path) as handle:
+        for line in handle:
+            if line.strip() and not line.startswith("#"):
+                fields = line.rstrip("\n").split("\t")
+                rows.append((int(fields[0]), fields[1], fields[2] if len(fields) > 2 else fields[1]))
+    rows.sort()
+    if [i for i, _, _ in rows] != list(range(len(rows))):
+        raise RecordFormatError(f"{path}: class indices are not 0..{len(rows) - 1}")
+    return [(cid, name) for _, cid, name in rows]
 
 
 def shard_name(prefix: str, index: int, total: int, ext: str = ".rec") -> str:

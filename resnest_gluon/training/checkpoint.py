@@ -11,7 +11,6 @@ A checkpoint is written into a temporary folder and renamed into place, and its 
 holds the checksums of the other two files, so a checkpoint that is truncated or corrupted on
 disk is detected at resume and the one before it is used. Only rank 0 writes.
 """
-import hashlib
 import json
 import logging
 import os
@@ -20,18 +19,12 @@ import shutil
 import time
 from typing import Optional
 
+from ..data.recordio import sha256_file
+
 __all__ = ["CheckpointManager", "atomic_save_parameters"]
 
 log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def atomic_save_parameters(net, path):
@@ -81,7 +74,7 @@ class CheckpointManager:
         net.save_parameters(os.path.join(tmp, "model.params"))
         trainer.save_states(os.path.join(tmp, "trainer.states"))
         meta = dict(meta, saved_at=time.time(), files={
-            f: _sha256(os.path.join(tmp, f)) for f in ("model.params", "trainer.states")})
+            f: sha256_file(os.path.join(tmp, f)) for f in ("model.params", "trainer.states")})
         with open(os.path.join(tmp, "meta.json"), "w") as handle:
             json.dump(meta, handle, indent=1)
             handle.flush()
@@ -111,7 +104,7 @@ class CheckpointManager:
             path = os.path.join(folder, name)
             if not os.path.isfile(path):
                 raise ValueError(f"{name} is missing")
-            if _sha256(path) != digest:
+            if sha256_file(path) != digest:
                 raise ValueError(f"{name} does not match its checksum (truncated or corrupt)")
         return meta
 
