@@ -299,3 +299,26 @@ def test_dead_or_stuck_worker_ends_the_job_in_bounded_time(digits, tmp_path, how
             job.kill()
     assert job.returncode != 0, output[-2000:]
     assert time.time() - started < 240
+
+
+def test_resume_with_another_number_of_workers(digits, tmp_path):
+    # one epoch alone (6 steps of 16), then the rest under horovodrun -np 2 (3 steps per epoch)
+    fit(load_config(None, tiny(digits, "train.epochs=1", "model.dropblock_prob=0.3")),
+        str(tmp_path))
+    assert newest_meta(tmp_path)["global_step"] == 6
+    result = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", sys.executable,
+                             os.path.join(ROOT, "scripts", "train.py"), "--workdir",
+                             str(tmp_path), *tiny(digits, "train.epochs=3",
+                                                  "model.dropblock_prob=0.3")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "steps per epoch changed 6 -> 3" in result.stdout + result.stderr
+    meta = newest_meta(tmp_path)
+    assert (meta["epoch"], meta["world_size"], meta["global_step"]) == (3, 2, 9)
+    # the schedule continued from epoch 1 in the new units: warm-up done, cosine to the end
+    schedule = Schedule(0.2 * 32 / 256, 3, 3, 1.0)
+    assert meta["lr"] == pytest.approx(schedule(9))
+    epochs = [r for r in read_metrics(str(tmp_path / "metrics.jsonl")) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1, 2]
+    # DropBlock: 0.3 over 1 epoch first, then the 3-epoch ramp continues at epochs 2 and 3
+    assert [round(r["dropblock_prob"], 4) for r in epochs] == [0.3, 0.2, 0.3]
