@@ -322,3 +322,13 @@ def test_resume_with_another_number_of_workers(digits, tmp_path):
     assert [r["epoch"] for r in epochs] == [0, 1, 2]
     # DropBlock: 0.3 over 1 epoch first, then the 3-epoch ramp continues at epochs 2 and 3
     assert [round(r["dropblock_prob"], 4) for r in epochs] == [0.3, 0.2, 0.3]
+
+
+def test_bfloat16_training_on_cpu(digits, tmp_path):
+    # AMP patches MXNet process-wide: run it in its own process
+    run = train_cli(tmp_path, tiny(digits, "train.dtype=bfloat16", "train.max_steps=3"))
+    output = run.communicate(timeout=300)[0]
+    assert run.returncode == 0, output[-3000:]
+    steps = [r for r in read_metrics(str(tmp_path / "metrics.jsonl")) if r["kind"] == "step"]
+    assert len(steps) == 3 and all(np.isfinite(r["loss"]) for r in steps)
+    assert newest_meta(tmp_path)["global_step"] == 3
