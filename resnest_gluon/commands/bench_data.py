@@ -9,7 +9,6 @@ iterators over 1/N of the data in parallel processes. Every pipeline ends in nor
 NCHW batches.
 """
 import argparse
-import io
 import logging
 import multiprocessing as mp
 import os
@@ -23,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..data import (BatchLoader, EvalTransform, ShardSet, TrainTransform, eval_batches,
-                    normalize, train_batches)
+                    train_batches)
 from ..data.autoaugment import AutoAugment
 from ..data.transforms import MEAN_RGB, STD_RGB
 from . import setup_logging

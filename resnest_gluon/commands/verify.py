@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 
-import numpy as np
 
 from ..data import ShardSet
 from ..data.recordio import MissingIndexError, RecordFormatError
