@@ -85,7 +85,7 @@ def stage_shapes(net, size: int = 224, in_channels: int = 3):
     result = []
     shape = (1, in_channels, size, size)
     x = mx.sym.var("data")
-    stem = net.maxpool(mx.sym.relu(net.bn1(net.conv1(x))))
+    stem = net.maxpool(mx.sym.Activation(net.bn1(net.conv1(x)), act_type="relu"))
     result.append(("stem", stem.infer_shape(data=shape)[1][0][1:]))
     feat = stem
     for name in ("layer1", "layer2", "layer3", "layer4"):

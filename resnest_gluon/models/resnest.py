@@ -148,7 +148,7 @@ class Bottleneck(nn.HybridBlock):
         out = self.bn1(self.conv1(x))
         if self.dropblock1 is not None:
             out = self.dropblock1(out)
-        out = F.relu(out)
+        out = F.Activation(out, act_type="relu")
         if self.avd and self.avd_first:
             out = self.avd_layer(out)
         out = self.conv2(out)
@@ -157,14 +157,14 @@ class Bottleneck(nn.HybridBlock):
         if self.dropblock2 is not None:
             out = self.dropblock2(out)
         if self.bn2 is not None:
-            out = F.relu(out)
+            out = F.Activation(out, act_type="relu")
         if self.avd and not self.avd_first:
             out = self.avd_layer(out)
         out = self.bn3(self.conv3(out))
         if self.dropblock3 is not None:
             out = self.dropblock3(out)
         shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
+        return F.Activation(out + shortcut, act_type="relu")
 
 
 class ResNeSt(nn.HybridBlock):
@@ -281,7 +281,7 @@ class ResNeSt(nn.HybridBlock):
 
     def features(self, F, x):
         """Stem and the four stages (the dense-prediction backbone output)."""
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(F.Activation(self.bn1(self.conv1(x)), act_type="relu"))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def hybrid_forward(self, F, x):

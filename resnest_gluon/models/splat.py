@@ -81,7 +81,7 @@ class SplitAttentionConv(nn.HybridBlock):
         self.split_outputs = False
 
     def hybrid_forward(self, F, x):
-        x = F.relu(self.bn(self.conv(x)))
+        x = F.Activation(self.bn(self.conv(x)), act_type="relu")
         if self.radix > 1:
             if self.split_outputs:
                 splits = F.split(x, num_outputs=self.radix, axis=1)
@@ -94,7 +94,7 @@ class SplitAttentionConv(nn.HybridBlock):
             context = x
         # global average pooling (oneDNN kernel; exports as GlobalAveragePool)
         context = F.Pooling(context, kernel=(1, 1), global_pool=True, pool_type="avg")
-        att = F.relu(self.bn1(self.fc1(context)))
+        att = F.Activation(self.bn1(self.fc1(context)), act_type="relu")
         if self.drop is not None:
             att = self.drop(att)
         att = self.fc2(att)
