@@ -13,7 +13,6 @@ import mxnet as mx
 import numpy as np
 
 from .models.dropblock import get_dropblock_prob, set_dropblock_prob
-from .models.splat import set_split_outputs
 
 __all__ = ["ExportResult", "export_symbol", "export_onnx", "load_exported"]
 
@@ -40,8 +39,7 @@ def load_exported(symbol_file: str, params_file: str, ctx=None):
 
 
 def export_symbol(net, prefix: str, input_size: int = 224, batch_size: int = 1,
-                  in_channels: int = 3, sample=None, onnx_compatible: bool = False) \
-        -> ExportResult:
+                  in_channels: int = 3, sample=None) -> ExportResult:
     """Write ``PREFIX-symbol.json`` and ``PREFIX-0000.params`` for inference at ``input_size``.
 
     DropBlock layers are removed from the graph for the export (they are the identity in
@@ -58,9 +56,6 @@ def export_symbol(net, prefix: str, input_size: int = 224, batch_size: int = 1,
         Shape the graph is traced (and statically planned) for.
     sample : NDArray, optional
         Batch for the check.
-    onnx_compatible : bool
-        Trace split attention with split/add_n instead of 5-D reshapes (what MXNet's ONNX
-        exporter can translate); same numbers.
 
     Returns
     -------
@@ -72,14 +67,12 @@ def export_symbol(net, prefix: str, input_size: int = 224, batch_size: int = 1,
         sample = mx.nd.array(np.random.RandomState(0).normal(size=shape).astype("float32"))
     drop_prob = get_dropblock_prob(net)
     set_dropblock_prob(net, 0.0)
-    set_split_outputs(net, onnx_compatible)
     try:
         net.hybridize(static_alloc=True, static_shape=True)
         expected = net(sample).asnumpy()
         net.export(prefix, epoch=0)
     finally:
         set_dropblock_prob(net, drop_prob)
-        set_split_outputs(net, False)
     symbol_file, params_file = f"{prefix}-symbol.json", f"{prefix}-0000.params"
     exported = load_exported(symbol_file, params_file)
     diff = float(np.abs(exported(sample).asnumpy() - expected).max())

@@ -44,8 +44,7 @@ def main(argv=None) -> int:
                          else get_spec(name).eval_size)
     shape = (args.batch_size, 3, size, size)
     sample = mx.nd.array(np.random.RandomState(0).normal(size=shape).astype("float32"))
-    result = export_symbol(net, args.output, size, args.batch_size, sample=sample,
-                           onnx_compatible=args.onnx)
+    result = export_symbol(net, args.output, size, args.batch_size, sample=sample)
     print(f"symbol {result.symbol_file}\nparams {result.params_file}\n"
           f"max |exported - gluon| = {result.max_abs_diff:.3g} on a {shape} batch")
     if args.onnx:
