@@ -277,7 +277,8 @@ def read_classes_file(path: str) -> List[Tuple[str, str]]:
         for line in handle:
             if line.strip() and not line.startswith("#"):
                 fields = line.rstrip("\n").split("\t")
-                rows.append((int(fields[0]), fields[1], fields[2] if len(fields) > 2 else fields[1]))
+                name = fields[2] if len(fields) > 2 else fields[1]
+                rows.append((int(fields[0]), fields[1], name))
     rows.sort()
     if [i for i, _, _ in rows] != list(range(len(rows))):
         raise RecordFormatError(f"{path}: class indices are not 0..{len(rows) - 1}")

@@ -122,5 +122,6 @@ def load_weights(net, path, ctx=None):
     params = net._collect_params_with_prefix()  # pylint: disable=protected-access
     for name, arr in matched.items():
         # The same call load_parameters() makes; it also settles deferred shapes.
-        params[name]._load_init(arr, ctx, cast_dtype=True, dtype_source="current")  # pylint: disable=protected-access
+        params[name]._load_init(  # pylint: disable=protected-access
+            arr, ctx, cast_dtype=True, dtype_source="current")
     log.info("loaded %d parameters from %s", len(matched), path)

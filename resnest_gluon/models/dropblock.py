@@ -41,7 +41,8 @@ class DropBlock(nn.HybridBlock):
     def __init__(self, drop_prob=0.0, block_size=3, **kwargs):
         super().__init__(**kwargs)
         if block_size < 1 or block_size % 2 == 0:
-            raise ValueError(f"DropBlock block_size must be a positive odd number, got {block_size}")
+            raise ValueError(f"DropBlock block_size must be a positive odd number, got "
+                             f"{block_size}")
         _check_prob(drop_prob)
         self.drop_prob = float(drop_prob)
         self.block_size = int(block_size)
@@ -73,7 +74,8 @@ class DropBlock(nn.HybridBlock):
         self._dtype = dtype
 
     def __repr__(self):
-        return f"{self.__class__.__name__}(drop_prob={self.drop_prob}, block_size={self.block_size})"
+        return (f"{self.__class__.__name__}(drop_prob={self.drop_prob}, "
+                f"block_size={self.block_size})")
 
 
 def _check_prob(p):

@@ -253,8 +253,14 @@ def fit(config: cfg.Config, workdir: str, dist=None):
                         meta["steps_per_epoch"], steps_per_epoch, meta["world_size"], dist.size,
                         batch_in_epoch, epoch)
         global_step = epoch * steps_per_epoch + batch_in_epoch
-    # finish any deferred initialisation, then make every rank start from rank 0's weights
-    net(mx.nd.zeros((1, 3, dc.input_size, dc.input_size), ctx=ctx))
+    # Every rank starts from rank 0's weights. Broadcast before any forward pass: a forward
+    # turns arrays into oneDNN layouts, which Horovod cannot read (seen at resume). Only
+    # parameters whose shapes are still unknown need a forward pass first.
+    deferred = [p for p in net.collect_params().values()
+                if p._deferred_init]  # pylint: disable=protected-access
+    if deferred:
+        net(mx.nd.zeros((1, 3, dc.input_size, dc.input_size), ctx=ctx))
+        mx.nd.waitall()
     dist.broadcast_parameters(net.collect_params())
     mx.nd.waitall()   # the broadcast is asynchronous: finish it while every rank is alive
     ema = _EMA(net.collect_params(), tc.ema_decay) if tc.ema_decay > 0 else None
@@ -342,11 +348,13 @@ def fit(config: cfg.Config, workdir: str, dist=None):
                                             float(not math.isfinite(loss_value))])
                 watchdog.beat()
                 if flags[1] > 0:
+                    value = (loss_value if not math.isfinite(loss_value)
+                             else "NaN/inf on another rank")
                     raise TrainingError(
-                        f"loss is {loss_value if not math.isfinite(loss_value) else 'NaN/inf on another rank'}"
-                        f" at step {global_step} (epoch {epoch + 1}, batch {batch_in_epoch}, "
-                        f"lr {lr:.4g}); stopping. The last good checkpoint is kept: lower "
-                        f"optim.lr or check the data, then relaunch to resume from it")
+                        f"loss is {value} at step {global_step} (epoch {epoch + 1}, batch "
+                        f"{batch_in_epoch}, lr {lr:.4g}); stopping. The last good checkpoint "
+                        f"is kept: lower optim.lr or check the data, then relaunch to resume "
+                        f"from it")
                 epoch_loss += loss_value
                 epoch_correct += int((logits.argmax(axis=1) == labels).sum().asscalar())
                 epoch_seen += data.shape[0]

@@ -64,7 +64,8 @@ class Schedule:
             return self.peak * self.step_factor ** sum(epoch >= e for e in self.step_epochs)
         span = max(1, self.total_steps - warm)
         progress = min(1.0, (step - warm) / span)
-        return self.final_lr + (self.peak - self.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))
+        return self.final_lr + (self.peak - self.final_lr) * cosine
 
 
 def dropblock_prob_at(epoch: int, epochs: int, final_prob: float) -> float:
