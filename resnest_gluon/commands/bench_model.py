@@ -46,13 +46,19 @@ def sgemm_gflops(n=2048, repeats=5):
     return 2 * n ** 3 / best / 1e9
 
 
-def build(impl, name, classes=1000):
-    """Our network, or gluoncv's ResNeSt class with the same spec."""
+def build(impl, name, classes=1000, overrides=None):
+    """Our network, or gluoncv's ResNeSt class with the same spec.
+
+    ``overrides`` changes architecture fields of the zoo spec (``radix``, ``cardinality``,
+    ``bottleneck_width``, ...), as ``model.overrides`` does in a config.
+    """
+    import dataclasses
     from ..models import get_model, get_spec
+    overrides = dict(overrides or {})
     if impl == "ours":
-        return get_model(name, classes=classes)
+        return get_model(name, classes=classes, **overrides)
     from gluoncv.model_zoo.resnest import Bottleneck, ResNeSt
-    s = get_spec(name)
+    s = dataclasses.replace(get_spec(name), **overrides)
     return ResNeSt(Bottleneck, list(s.layers), radix=max(s.radix, 1), cardinality=s.cardinality,
                    bottleneck_width=s.bottleneck_width, deep_stem=s.deep_stem,
                    stem_width=s.stem_width, avg_down=s.avg_down, avd=s.avd,
@@ -60,10 +66,23 @@ def build(impl, name, classes=1000):
                    classes=classes, name_prefix="resnest_")
 
 
-def measure(impl, name, mode, batch, size, repeats, warmup=2):
-    """One measurement in this process; returns a dict (img/s, peak MB)."""
+def measure(impl, name, mode, batch, size, repeats, warmup=2, overrides=None):
+    """One measurement in this process; returns a dict (img/s, peak MB).
+
+    Parameters
+    ----------
+    impl : {"ours", "gluoncv"}
+    name : str
+        Zoo name; ``overrides`` (dict) changes architecture fields of its spec.
+    mode : {"infer", "train"}
+        Forward pass only, or forward + backward + NAG update.
+    batch, size : int
+        Batch size and square input size.
+    repeats, warmup : int
+        Timed and untimed iterations; the median of the timed ones is reported.
+    """
     from mxnet import autograd, gluon
-    net = build(impl, name)
+    net = build(impl, name, overrides=overrides)
     net.initialize(mx.init.Xavier())
     net.hybridize(static_alloc=True, static_shape=True)
     x = mx.nd.random.uniform(shape=(batch, 3, size, size))
@@ -93,12 +112,16 @@ def measure(impl, name, mode, batch, size, repeats, warmup=2):
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 
-def _in_subprocess(impl, name, mode, batch, size, repeats):
+def measure_in_subprocess(impl, name, mode, batch, size, repeats, overrides=None):
+    """:func:`measure` in a fresh Python process, so that its peak memory is its own."""
     command = [sys.executable, "-m", "resnest_gluon.commands.bench_model", "--measure", impl,
                mode, name, "--batch-size", str(batch), "--size", str(size), "--repeats",
-               str(repeats)]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+               str(repeats), "--overrides", json.dumps(overrides or {})]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark of {name} ({impl}, {mode}) failed:\n"
+                           f"{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run(names, batch=32, size=224, repeats=5):
@@ -112,7 +135,7 @@ def run(names, batch=32, size=224, repeats=5):
         row = {"model": name, "sgemm": peak}
         for impl in ("ours", "gluoncv"):
             for mode in ("infer", "train"):
-                result = _in_subprocess(impl, name, mode, batch, size, repeats)
+                result = measure_in_subprocess(impl, name, mode, batch, size, repeats)
                 row[f"{impl}_{mode}"] = result["img_per_s"]
                 row[f"{impl}_{mode}_mb"] = result["peak_mb"]
                 log.info("%s %s %s: %.2f img/s, peak %.0f MB", name, impl, mode,
@@ -153,11 +176,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--measure", nargs=2, metavar=("IMPL", "MODE"),
                         help=argparse.SUPPRESS)   # internal: one measurement, JSON out
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
         impl, mode = args.measure
         print(json.dumps(measure(impl, args.models[0], mode, args.batch_size, args.size,
-                                 args.repeats)))
+                                 args.repeats, overrides=json.loads(args.overrides))))
         return 0
     setup_logging()
     rows = run(args.models, args.batch_size, args.size, args.repeats)
