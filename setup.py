@@ -37,6 +37,8 @@ setup(
             "resnest-export=resnest_gluon.commands.export:main",
             "resnest-predict=resnest_gluon.commands.predict:main",
             "resnest-bench-data=resnest_gluon.commands.bench_data:main",
+            "resnest-ablation=resnest_gluon.commands.ablation:main",
+            "resnest-scaling=resnest_gluon.commands.scaling:main",
             "recordio-tools=recordio_tools.__main__:main",
             "recordio-pack=recordio_tools.pack:main",
             "recordio-check=recordio_tools.check:main",

@@ -1,4 +1,4 @@
-"""Shared fixtures: seeded RNGs and real photos from scikit-learn."""
+"""Shared fixtures: seeded RNGs, real photos and handwritten digits from scikit-learn."""
 import mxnet as mx
 import numpy as np
 import pytest
@@ -44,3 +44,23 @@ def write_image_tree(root, classes=3, per_class=5, size=(400, 300), seed=0):
 @pytest.fixture
 def photo_tree(tmp_path):
     return write_image_tree(str(tmp_path / "tree"))
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """96 training and 37 validation digits (32x32 RGB PNGs) packed as shards."""
+    from PIL import Image
+    from recordio_tools.pack import pack
+    from sklearn.datasets import load_digits
+    folder = tmp_path_factory.mktemp("digits")
+    data = load_digits()
+    items = []
+    for i in range(96 + 37):
+        path = str(folder / f"{i:04d}.png")
+        grey = (data.images[i] * 255 / 16).astype(np.uint8)
+        Image.fromarray(grey).resize((32, 32), Image.BICUBIC).convert("RGB").save(path)
+        items.append((path, int(data.target[i])))
+    classes = [str(d) for d in range(10)]
+    pack(items[:96], classes, str(folder / "train"), num_shards=2, workers=1, progress=False)
+    pack(items[96:], classes, str(folder / "val"), num_shards=1, workers=1, progress=False)
+    return str(folder / "train"), str(folder / "val")

@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 
-from recordio_tools.pack import pack
 from resnest_gluon.config import load_config
 from resnest_gluon.training import fit
 from resnest_gluon.training.checkpoint import CheckpointManager
@@ -23,25 +22,6 @@ from resnest_gluon.training.schedule import Schedule
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 HOROVODRUN = os.path.join(BIN, "horovodrun")
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """96 training and 37 validation digits (32x32 RGB PNGs) packed as shards."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    folder = tmp_path_factory.mktemp("digits")
-    data = load_digits()
-    items = []
-    for i in range(96 + 37):
-        path = str(folder / f"{i:04d}.png")
-        grey = (data.images[i] * 255 / 16).astype(np.uint8)
-        Image.fromarray(grey).resize((32, 32), Image.BICUBIC).convert("RGB").save(path)
-        items.append((path, int(data.target[i])))
-    classes = [str(d) for d in range(10)]
-    pack(items[:96], classes, str(folder / "train"), num_shards=2, workers=1, progress=False)
-    pack(items[96:], classes, str(folder / "val"), num_shards=1, workers=1, progress=False)
-    return str(folder / "train"), str(folder / "val")
 
 
 def tiny(digits, *extra):
