@@ -1,8 +1,13 @@
 """Export for serving: hybridized symbol JSON + params that plain MXNet loads.
 
 This module owns :func:`export_symbol` (``HybridBlock.export`` with DropBlock removed and the
-result checked by reloading it as a ``SymbolBlock``). The files need nothing from resnest_gluon
-to load: ``mx.gluon.SymbolBlock.imports(json, ["data"], params)``.
+result checked by reloading it as a ``SymbolBlock``) and :func:`export_onnx`. The files need
+nothing from resnest_gluon to load: ``mx.gluon.SymbolBlock.imports(json, ["data"], params)``.
+
+``export_symbol(..., fuse=True)`` writes the graph after MXNet's oneDNN ("MKLDNN") subgraph
+pass: BatchNorm folded into the convolutions, ReLU and residual additions fused into them.
+It is faster on CPUs but loads only in MXNet builds with oneDNN (the CPU pip wheels), so the
+plain export stays the portable one (GPUs, ONNX).
 """
 import dataclasses
 import logging
@@ -39,7 +44,7 @@ def load_exported(symbol_file: str, params_file: str, ctx=None):
 
 
 def export_symbol(net, prefix: str, input_size: int = 224, batch_size: int = 1,
-                  in_channels: int = 3, sample=None) -> ExportResult:
+                  in_channels: int = 3, sample=None, fuse: bool = False) -> ExportResult:
     """Write ``PREFIX-symbol.json`` and ``PREFIX-0000.params`` for inference at ``input_size``.
 
     DropBlock layers are removed from the graph for the export (they are the identity in
@@ -56,6 +61,8 @@ def export_symbol(net, prefix: str, input_size: int = 224, batch_size: int = 1,
         Shape the graph is traced (and statically planned) for.
     sample : NDArray, optional
         Batch for the check.
+    fuse : bool
+        Export the oneDNN-fused inference graph (CPU serving; see the module docstring).
 
     Returns
     -------
@@ -70,9 +77,13 @@ def export_symbol(net, prefix: str, input_size: int = 224, batch_size: int = 1,
     try:
         net.hybridize(static_alloc=True, static_shape=True)
         expected = net(sample).asnumpy()
+        if fuse:
+            net.optimize_for(sample, backend="MKLDNN", static_alloc=True, static_shape=True)
         net.export(prefix, epoch=0)
     finally:
         set_dropblock_prob(net, drop_prob)
+        if fuse:   # back to the plain graph: the fused one is for inference only
+            net.hybridize(static_alloc=True, static_shape=True)
     symbol_file, params_file = f"{prefix}-symbol.json", f"{prefix}-0000.params"
     exported = load_exported(symbol_file, params_file)
     diff = float(np.abs(exported(sample).asnumpy() - expected).max())

@@ -1,4 +1,5 @@
 """Hybridize, export for serving, and reduced precision."""
+import json
 import subprocess
 import sys
 import textwrap
@@ -48,6 +49,39 @@ def test_export_loads_in_plain_mxnet(tmp_path, photos):
     # the serving graph carries no DropBlock random ops, and the net keeps its probability
     assert "uniform" not in open(result.symbol_file).read()
     assert net.layer3[0].dropblock1.drop_prob == 0.1
+
+
+def test_fused_export_folds_batchnorm_and_matches(tmp_path, photos):
+    # Non-trivial BatchNorm statistics, so that folding them into the convolutions matters.
+    net = _net("resnest50_fast_2s2x40d", dropblock_prob=0.1)
+    rng = np.random.RandomState(0)
+    for name, p in net.collect_params().items():
+        if name.endswith(("running_mean", "beta")):
+            p.set_data(mx.nd.array(rng.normal(0, 0.1, p.shape)))
+        elif name.endswith(("running_var", "gamma")):
+            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
+    expected = net(photos).asnumpy()
+    result = export_symbol(net, str(tmp_path / "fused"), input_size=64, batch_size=4,
+                           sample=photos, fuse=True)
+    ops = [node["op"] for node in json.load(open(result.symbol_file))["nodes"]]
+    assert "BatchNorm" not in [op for op in ops if op != "null"][:3]   # stem: folded
+    assert ops.count("_sg_mkldnn_conv") >= 50 and "Convolution" not in ops
+    assert result.max_abs_diff < 1e-4 * np.abs(expected).max()
+    np.save(tmp_path / "x.npy", photos.asnumpy())
+    code = textwrap.dedent(f"""
+        import numpy as np, mxnet as mx
+        net = mx.gluon.SymbolBlock.imports({result.symbol_file!r}, ["data"],
+                                           {result.params_file!r})
+        x = mx.nd.array(np.load({str(tmp_path / 'x.npy')!r}))
+        np.save({str(tmp_path / 'y.npy')!r}, net(x).asnumpy())
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tmp_path))
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-4, atol=1e-4)
+    # the network itself is back on its plain graph: it still trains
+    with mx.autograd.record():
+        loss = net(photos).sum()
+    loss.backward()
+    assert np.abs(net.fc.weight.grad().asnumpy()).sum() > 0
 
 
 def test_float16_cast_gives_a_consistent_graph():

@@ -201,12 +201,14 @@ def test_verify_export_predict_on_a_trained_model(digits, tmp_path):
     export = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export.py"),
                              "--config", str(tmp_path / "cfg.yaml"), "--params",
                              str(tmp_path / "final.params"), "--output",
-                             str(tmp_path / "export" / "m"), "--onnx", "--batch-size", "2"],
+                             str(tmp_path / "export" / "m"), "--onnx", "--fuse",
+                             "--batch-size", "2"],
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert export.returncode == 0, export.stderr[-3000:]
     diffs = [float(l.split("=", 1)[1].split()[0]) for l in export.stdout.splitlines()
              if "max |" in l]
-    assert len(diffs) == 2 and max(diffs) < 1e-4
+    assert len(diffs) == 3 and max(diffs) < 1e-4
+    assert os.path.exists(tmp_path / "export" / "m-fused-symbol.json")
     images = sorted(os.path.join(os.path.dirname(train), f) for f in
                     os.listdir(os.path.dirname(train)) if f.endswith(".png"))[:3]
     predict = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "predict.py"),

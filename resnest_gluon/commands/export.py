@@ -28,6 +28,11 @@ def build_parser():
     parser.add_argument("--size", type=int, default=None, help="input size (model eval size)")
     parser.add_argument("--batch-size", type=int, default=1, help="fixed batch size (1)")
     parser.add_argument("--onnx", action="store_true", help="also write PREFIX.onnx")
+    parser.add_argument("--fuse", action="store_true",
+                        help="also write PREFIX-fused-symbol.json/-0000.params: BatchNorm folded "
+                             "into the convolutions and ReLU/sum fused by oneDNN, for CPU "
+                             "serving (loads only in MXNet builds with oneDNN, e.g. the CPU "
+                             "pip wheels)")
     return parser
 
 
@@ -47,6 +52,10 @@ def main(argv=None) -> int:
     result = export_symbol(net, args.output, size, args.batch_size, sample=sample)
     print(f"symbol {result.symbol_file}\nparams {result.params_file}\n"
           f"max |exported - gluon| = {result.max_abs_diff:.3g} on a {shape} batch")
+    if args.fuse:
+        fused = export_symbol(net, args.output + "-fused", size, args.batch_size, sample=sample,
+                              fuse=True)
+        print(f"fused  {fused.symbol_file}\nmax |fused - gluon| = {fused.max_abs_diff:.3g}")
     if args.onnx:
         diff = export_onnx(result.symbol_file, result.params_file, shape,
                            args.output + ".onnx", sample)

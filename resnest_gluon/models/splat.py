@@ -27,18 +27,18 @@ def attention_channels(in_channels: int, radix: int, reduction: int = 4, minimum
     return max(in_channels * radix // reduction, minimum)
 
 
-def _scale_channels(F, x, weights):
-    """``x * weights`` per sample and channel: x is (N, C, H, W), weights hold N*C values.
+def _scale_rows(F, rows, weights, like):
+    """``rows * weights``, one weight per row, shaped like ``like`` (N, C, H, W).
 
-    Written as a batched (1 x 1) @ (1 x HW) product rather than ``broadcast_mul``: the result
-    is the same (one multiplication per element), but ``broadcast_mul``'s backward pass goes
-    through MXNet's generic reduction kernels and cost 10x its forward pass (20% of a
-    ResNeSt-50 training step), while batch_dot's backward is two more small products. Nothing
-    but x (already kept for the ReLU) and the weights is kept for the backward pass.
+    ``rows`` is the (N*C, 1, HW) view of ``like``; ``weights`` holds its N*C weights. Written
+    as a batched (1 x 1) @ (1 x HW) product rather than ``broadcast_mul``: the result is the
+    same (one multiplication per element), but ``broadcast_mul``'s backward pass goes through
+    MXNet's generic reduction kernels and cost 10x its forward pass (20% of a ResNeSt-50
+    training step), while batch_dot's backward is two more small products. Only ``rows``
+    (a view of x, which the ReLU keeps anyway) and the weights are kept for the backward pass.
     """
-    rows = F.expand_dims(F.reshape(x, (-3, -3)), axis=1)          # (N*C, 1, HW)
     scaled = F.batch_dot(F.reshape(weights, (-1, 1, 1)), rows)     # (N*C, 1, HW)
-    return F.reshape_like(scaled, x)
+    return F.reshape_like(scaled, like)
 
 
 class SplitAttentionConv(nn.HybridBlock):
@@ -94,25 +94,31 @@ class SplitAttentionConv(nn.HybridBlock):
     def hybrid_forward(self, F, x):
         x = F.Activation(self.bn(self.conv(x)), act_type="relu")
         radix, channels = self.radix, self.channels
-        # Context: the spatial mean of the sum of the splits = the sum over splits of their
-        # means, taken on the (N, R, C, HW) view of x: no copy of the splits (a split list
-        # kept R*C copies alive for the backward pass), and no Pooling on x (oneDNN's pooling
-        # backward on the convolution's blocked layout cost more than the convolution).
-        means = F.mean(F.reshape(x, (0, radix, channels, -1)), axis=3)
-        context = F.reshape(F.sum(means, axis=1), (0, 0, 1, 1))
+        # One (N*R*C, 1, HW) view of x serves both the context and the weighted sum, so no
+        # copy of the splits is made or kept for the backward pass (a split list kept R*C
+        # copies alive: 1.2x gluoncv's training memory).
+        # (two reshapes with codes 0/-1 only: the ONNX exporter cannot translate code -3)
+        rows = F.reshape(F.reshape(x, (0, 0, -1)), (-1, 1, 0))
+        # Context: the spatial mean of the sum of the splits = the sum over the splits of
+        # their channel means (global pooling on the plain view: oneDNN kernel, exported as
+        # GlobalAveragePool; the means are summed on the tiny (N, R, C) tensor).
+        means = F.Pooling(F.reshape_like(rows, x), kernel=(1, 1), global_pool=True,
+                          pool_type="avg")
+        context = F.reshape(F.sum(F.reshape(means, (0, radix, channels)), axis=1),
+                            (0, 0, 1, 1))
         att = F.Activation(self.bn1(self.fc1(context)), act_type="relu")
         if self.drop is not None:
             att = self.drop(att)
         att = self.fc2(att)
         if radix == 1:
-            return _scale_channels(F, x, F.sigmoid(att))
+            return _scale_rows(F, rows, F.sigmoid(att), x)
         # logits are [k][r][c]; softmax over r, then lay them out radix-major [r][k][c], the
         # order of x's channels.
         att = F.reshape(att, (0, self.cardinality, radix, -1))
         att = F.swapaxes(F.softmax(att, axis=2), 1, 2)
-        weighted = _scale_channels(F, x, att)
-        # split + add_n, not sum over a radix axis: MXNet's CPU reduction over a middle axis
-        # is several times slower than these copies (it was 54% of inference time).
+        weighted = _scale_rows(F, rows, att, x)
+        # split + add_n, not a sum over a radix axis: MXNet's CPU reduction over a middle
+        # axis is several times slower than these copies (it was 54% of inference time).
         return F.add_n(*F.split(weighted, num_outputs=radix, axis=1))
 
     def __repr__(self):
