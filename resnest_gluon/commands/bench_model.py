@@ -4,9 +4,10 @@ For each model: images/s of inference and of a full training step (forward, back
 update), hybridized with static memory; peak resident memory of the training process; achieved
 GFLOP/s from the project's FLOP counter and its fraction of this machine's sgemm GFLOP/s, all
 measured in the same run. ``--serving`` adds our serving and precision paths (oneDNN-fused
-export, onnxruntime, bfloat16 AMP inference and training) with their logit differences. gluoncv's ResNeSt built with the same spec is measured the same way
-(same batch, size, dtype, threads), each measurement in a fresh process so that peak memory
-is its own; warm-up excluded, median of the repetitions.
+export, onnxruntime, bfloat16 AMP inference and training) with their logit differences.
+gluoncv's ResNeSt built with the same spec is measured the same way (same batch, size, dtype,
+threads), each measurement in a fresh process so that peak memory is its own; warm-up
+excluded, median of the repetitions.
 """
 import argparse
 import json
