@@ -17,7 +17,7 @@ import yaml
 
 __all__ = ["Config", "ModelConfig", "DataConfig", "TrainConfig", "OptimConfig", "DistConfig",
            "ConfigError", "load_config", "parse_overrides", "config_hash", "to_dict", "dump_config",
-           "validate"]
+           "validate", "read_yaml"]
 
 
 class ConfigError(ValueError):
@@ -268,6 +268,21 @@ def validate(config: Config) -> Config:
     return config
 
 
+def read_yaml(path: str, what: str = "config", error=ConfigError) -> Any:
+    """The parsed YAML file at ``path`` (an empty file gives ``{}``).
+
+    A missing file or a YAML syntax error raises ``error`` (default :class:`ConfigError`)
+    with a one-line message that names ``what`` the file is meant to be.
+    """
+    try:
+        with open(path) as handle:
+            return yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        raise error(f"{what} file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise error(f"{path} is not valid YAML: {err}") from None
+
+
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults, then the YAML file's deltas, then ``key=value`` overrides; validated.
 
@@ -280,13 +295,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
     """
     config = Config()
     if path:
-        try:
-            with open(path) as handle:
-                tree = yaml.safe_load(handle) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        tree = read_yaml(path)
         if not isinstance(tree, dict):
             raise ConfigError(f"{path} must hold a mapping of sections")
         _apply(config, _flatten(tree, path), path)

@@ -19,7 +19,7 @@ import numpy as np
 
 from .models.dropblock import get_dropblock_prob, set_dropblock_prob
 
-__all__ = ["ExportResult", "export_symbol", "export_onnx", "load_exported"]
+__all__ = ["ExportResult", "export_symbol", "export_onnx", "load_exported", "onnx_session"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,24 @@ def _declare_opset(onnx_file, version):
     onnx.save(model, onnx_file)
 
 
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise RuntimeError("ONNX export needs onnx==1.15.0 and onnxruntime: "
+                           "pip install 'resnest_gluon[onnx]'") from None
+    return onnxruntime
+
+
+def onnx_session(onnx_file: str):
+    """An onnxruntime CPU ``InferenceSession`` on ``onnx_file``, quiet about the weights
+    that mxnet's exporter also lists as graph inputs."""
+    onnxruntime = _import_onnxruntime()
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3   # the exporter lists weights as inputs too: ORT warns
+    return onnxruntime.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
+
+
 def export_onnx(symbol_file: str, params_file: str, input_shape, onnx_file: str,
                 sample=None) -> float:
     """Convert an exported symbol + params to ONNX and check it with onnxruntime.
@@ -115,11 +133,7 @@ def export_onnx(symbol_file: str, params_file: str, input_shape, onnx_file: str,
     difference between onnxruntime's output and MXNet's on ``sample`` (default: a seeded random
     batch of ``input_shape``).
     """
-    try:
-        import onnxruntime
-    except ImportError:
-        raise RuntimeError("ONNX export needs onnx==1.15.0 and onnxruntime: "
-                           "pip install 'resnest_gluon[onnx]'") from None
+    _import_onnxruntime()
     from mxnet import onnx as mx_onnx
     os.makedirs(os.path.dirname(os.path.abspath(onnx_file)), exist_ok=True)
     mx_onnx.export_model(symbol_file, params_file, [tuple(input_shape)], [np.float32],
@@ -128,9 +142,7 @@ def export_onnx(symbol_file: str, params_file: str, input_shape, onnx_file: str,
     if sample is None:
         sample = np.random.RandomState(0).normal(size=input_shape).astype("float32")
     sample = sample.asnumpy() if hasattr(sample, "asnumpy") else np.asarray(sample, np.float32)
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3   # the exporter lists weights as inputs too: ORT warns
-    session = onnxruntime.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
+    session = onnx_session(onnx_file)
     got = session.run(None, {session.get_inputs()[0].name: sample})[0]
     expected = load_exported(symbol_file, params_file)(mx.nd.array(sample)).asnumpy()
     diff = float(np.abs(got - expected).max())

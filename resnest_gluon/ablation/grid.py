@@ -197,13 +197,7 @@ def load_grid(path: str) -> Grid:
     -------
     Grid
     """
-    try:
-        with open(path) as handle:
-            tree = yaml.safe_load(handle) or {}
-    except FileNotFoundError:
-        raise GridError(f"grid file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise GridError(f"{path} is not valid YAML: {err}") from None
+    tree = cfg.read_yaml(path, what="grid", error=GridError)
     _check_keys(tree, ("base", "grid", "points", "train", "summary"), path)
     base = tree.get("base") or {}
     _check_keys(base, [f.name for f in dataclasses.fields(cfg.Config)], f"{path}: base")

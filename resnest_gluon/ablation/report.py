@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..models import count_flops, count_params
 from ..training.loop import build_network
+from ..training.metrics import pyplot, save_figure
 from .grid import Grid, point_config
 from .runs import cost_key, point_progress, read_json
 
@@ -137,10 +138,7 @@ def _markdown(rows) -> str:
 
 
 def _plot(rows, path, speed_key):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = pyplot().subplots(figsize=(7, 5))
     shown = [r for r in rows if r.get(speed_key) and r.get("top1") is not None]
     for radix in sorted({r["radix"] for r in shown}, key=lambda v: (v is None, v or 0)):
         group = [r for r in shown if r["radix"] == radix]
@@ -165,10 +163,7 @@ def _plot(rows, path, speed_key):
     ax.margins(0.15)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)
 
 
 def write_report(rows: Sequence[Dict[str, Any]], workdir: str, speed: str = "infer"

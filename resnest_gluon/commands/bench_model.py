@@ -100,7 +100,7 @@ def _time(step, repeats, warmup):
 
 def _inference_step(impl, name, mode, x, overrides, workdir):
     """A function running one inference batch on ``mode``'s path, and the logits on x."""
-    from ..export import export_onnx, export_symbol, load_exported
+    from ..export import export_onnx, export_symbol, load_exported, onnx_session
     net = _seeded_network(impl, name, overrides)
     if mode == "infer":
         net.hybridize(static_alloc=True, static_shape=True)
@@ -113,15 +113,11 @@ def _inference_step(impl, name, mode, x, overrides, workdir):
         net = load_exported(result.symbol_file, result.params_file)
         net.hybridize(static_alloc=True, static_shape=True)
     elif mode == "onnxruntime":
-        import onnxruntime
         result = export_symbol(net, os.path.join(workdir, "plain"), x.shape[2], x.shape[0],
                                sample=x)
         onnx_file = os.path.join(workdir, "model.onnx")
         export_onnx(result.symbol_file, result.params_file, x.shape, onnx_file, x)
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
-        session = onnxruntime.InferenceSession(onnx_file, options,
-                                               providers=["CPUExecutionProvider"])
+        session = onnx_session(onnx_file)
         feed = {session.get_inputs()[0].name: x.asnumpy()}
         return (lambda: session.run(None, feed)), session.run(None, feed)[0]
     return (lambda: net(x).wait_to_read()), net(x).asnumpy()

@@ -94,9 +94,9 @@ class SplitAttentionConv(nn.HybridBlock):
     def hybrid_forward(self, F, x):
         x = F.Activation(self.bn(self.conv(x)), act_type="relu")
         radix, channels = self.radix, self.channels
-        # One (N*R*C, 1, HW) view of x serves both the context and the weighted sum, so no
-        # copy of the splits is made or kept for the backward pass (a split list kept R*C
-        # copies alive: 1.2x gluoncv's training memory).
+        # One (N*R*C, 1, HW) view of x serves both the context and the weighting, so x is
+        # never copied into splits (split copies of x stayed alive for the backward pass:
+        # 1.2x gluoncv's training memory). Only the weighted result is split, for the sum.
         # (two reshapes with codes 0/-1 only: the ONNX exporter cannot translate code -3)
         rows = F.reshape(F.reshape(x, (0, 0, -1)), (-1, 1, 0))
         # Context: the spatial mean of the sum of the splits = the sum over the splits of

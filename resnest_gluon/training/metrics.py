@@ -7,7 +7,8 @@ import json
 import os
 import time
 
-__all__ = ["MetricsLog", "plot_curves", "read_metrics", "peak_memory_mb"]
+__all__ = ["MetricsLog", "plot_curves", "read_metrics", "peak_memory_mb", "pyplot",
+           "save_figure"]
 
 
 def peak_memory_mb() -> float:
@@ -44,11 +45,26 @@ def read_metrics(path: str):
     return records
 
 
-def plot_curves(metrics_path: str, png_path: str) -> str:
-    """Draw loss, LR and validation top-1 against epoch into ``png_path``."""
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed; imported on first use)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str, dpi: int) -> str:
+    """Write ``fig`` to ``path`` through a temporary file and a rename, then close it."""
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=dpi)
+    pyplot().close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_curves(metrics_path: str, png_path: str) -> str:
+    """Draw loss, LR and validation top-1 against epoch into ``png_path``."""
+    plt = pyplot()
     records = read_metrics(metrics_path)
     steps = [r for r in records if r["kind"] == "step"]
     epochs = [r for r in records if r["kind"] == "epoch"]
@@ -69,8 +85,4 @@ def plot_curves(metrics_path: str, png_path: str) -> str:
     axes[2].set(xlabel="epoch", ylabel="accuracy (%)", title="validation")
     axes[2].legend()
     fig.tight_layout()
-    tmp = png_path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, png_path)
-    return png_path
+    return save_figure(fig, png_path, dpi=90)
