@@ -65,7 +65,7 @@ def check(spec, num_classes=None, decode=True, checksums=True, progress=True):
                 problems.append(f"{where}: {err}")
                 continue
             ends.append(shard._file().tell())   # pylint: disable=protected-access
-            label = header.label if header.flag == 0 else header.label[0]
+            label = header.class_label
             if num_classes is not None and not 0 <= label < num_classes:
                 problems.append(f"{where}: label {label:g} outside [0, {num_classes})")
             if decode:

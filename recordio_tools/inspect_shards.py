@@ -40,7 +40,7 @@ def inspect(spec, samples=16, sheet=None, seed=0, max_sizes=2000):
     widths, heights = [], []
     for index in range(len(shards)):
         header, image = unpack_record(shards.read(index))
-        label = int(header.label if header.flag == 0 else header.label[0])
+        label = int(header.class_label)
         labels[label] = labels.get(label, 0) + 1
         if index in size_sample:
             try:
@@ -75,7 +75,7 @@ def _contact_sheet(shards, indices, path, names, tile=160):
     draw = ImageDraw.Draw(sheet)
     for n, index in enumerate(indices):
         header, image = unpack_record(shards.read(index))
-        label = int(header.label if header.flag == 0 else header.label[0])
+        label = int(header.class_label)
         try:
             img = Image.open(io.BytesIO(image)).convert("RGB")
             img.thumbnail((tile, tile))

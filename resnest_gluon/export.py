@@ -1,8 +1,11 @@
 """Export for serving: hybridized symbol JSON + params that plain MXNet loads.
 
 This module owns :func:`export_symbol` (``HybridBlock.export`` with DropBlock removed and the
-result checked by reloading it as a ``SymbolBlock``) and :func:`export_onnx`. The files need
-nothing from resnest_gluon to load: ``mx.gluon.SymbolBlock.imports(json, ["data"], params)``.
+result checked by reloading it as a ``SymbolBlock``), :func:`export_onnx`, and the small
+``PREFIX-meta.json`` that records what an export was made for (model, classes, input size,
+crop ratio, interpolation, mean/std: :func:`write_export_metadata`), which ``predict`` reads.
+The model files need nothing from resnest_gluon to load:
+``mx.gluon.SymbolBlock.imports(json, ["data"], params)``.
 
 ``export_symbol(..., fuse=True)`` writes the graph after MXNet's oneDNN ("MKLDNN") subgraph
 pass: BatchNorm folded into the convolutions, ReLU and residual additions fused into them.
@@ -10,16 +13,22 @@ It is faster on CPUs but loads only in MXNet builds with oneDNN (the CPU pip whe
 plain export stays the portable one (GPUs, ONNX).
 """
 import dataclasses
+import json
 import logging
 import os
 import warnings
+from typing import Optional, Sequence
 
 import mxnet as mx
 import numpy as np
 
+from .models import EvalSettings
 from .models.dropblock import get_dropblock_prob, set_dropblock_prob
 
-__all__ = ["ExportResult", "export_symbol", "export_onnx", "load_exported", "onnx_session"]
+__all__ = ["ExportResult", "export_symbol", "export_onnx", "load_exported", "onnx_session",
+           "write_export_metadata", "read_export_metadata", "metadata_path"]
+
+_METADATA_FORMAT = "resnest_gluon-export-1"
 
 log = logging.getLogger(__name__)
 
@@ -148,3 +157,67 @@ def export_onnx(symbol_file: str, params_file: str, input_shape, onnx_file: str,
     diff = float(np.abs(got - expected).max())
     log.info("exported %s; max |onnxruntime - mxnet| = %.3g", onnx_file, diff)
     return diff
+
+
+def metadata_path(prefix: str) -> str:
+    """Where the metadata of the export ``prefix`` lives: ``PREFIX-meta.json``."""
+    return f"{prefix}-meta.json"
+
+
+def write_export_metadata(prefix: str, model: str, num_classes: int, settings: EvalSettings,
+                          batch_size: int, files: Sequence[str],
+                          class_names: Optional[Sequence[str]] = None) -> str:
+    """Write ``PREFIX-meta.json``: what the export was made for, for serving code.
+
+    Parameters
+    ----------
+    prefix : str
+        The export prefix.
+    model : str
+        Zoo name of the architecture.
+    num_classes : int
+        Output classes.
+    settings : EvalSettings
+        Input size, crop ratio, interpolation and mean/std the model expects.
+    batch_size : int
+        The fixed batch size of the exported graph.
+    files : sequence of str
+        The files of the export (names relative to the metadata file's folder).
+    class_names : sequence of str, optional
+        Names of the classes in label order.
+
+    Returns
+    -------
+    str
+        The path written.
+    """
+    meta = {"format": _METADATA_FORMAT, "model": model, "num_classes": int(num_classes),
+            "input_shape": [int(batch_size), 3, settings.size, settings.size],
+            **settings.to_dict(), "class_names": list(class_names) if class_names else None,
+            "files": [os.path.basename(f) for f in files]}
+    path = metadata_path(prefix)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(meta, handle, indent=1)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def read_export_metadata(prefix: str) -> Optional[dict]:
+    """The metadata of the export ``prefix``, or None when it has none (older exports).
+
+    Raises
+    ------
+    ValueError
+        The file exists but is not export metadata.
+    """
+    path = metadata_path(prefix)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as handle:
+            meta = json.load(handle)
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != _METADATA_FORMAT:
+        raise ValueError(f"{path} is not resnest_gluon export metadata")
+    return meta

@@ -9,10 +9,13 @@ from PIL import Image
 
 from recordio_tools.pack import pack
 from recordio_tools.sources import scan_tree
-from resnest_gluon.data import (BatchLoader, DataError, EvalTransform, MixConfig, RecordWriter,
-                                ShardSet, TrainTransform, batches_per_epoch, eval_batches,
-                                normalize, pack_record, soft_targets, targets_for_batch,
+from resnest_gluon.data import (BatchLoader, DataError, EvalTransform, MixConfig, Normalization,
+                                RecordWriter, ShardSet, TrainTransform, batches_per_epoch,
+                                eval_batches, pack_record, soft_targets, targets_for_batch,
                                 train_batches)
+from resnest_gluon.models import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
+IMAGENET = Normalization(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB)
 from resnest_gluon.data.transforms import (GRAY, PCA_EIGVAL, PCA_EIGVEC, apply_affine,
                                            color_jitter_matrix, random_resized_crop_box)
 
@@ -154,7 +157,7 @@ def test_corrupt_record_is_skipped_counted_and_batch_stays_full(tmp_path, worker
     good = _jpeg_bytes()
     shards = _shard_with(tmp_path, [(0, good), (1, b"\xff\xd8garbage"), (2, good), (1, good)])
     loader = BatchLoader(shards, [np.arange(4)], EvalTransform(32), 32, classes=3,
-                         workers=workers)
+                         workers=workers, normalization=IMAGENET)
     (images, labels), = list(loader)
     assert images.shape == (4, 3, 32, 32) and loader.corrupt_count == 1
     assert labels.asnumpy().tolist()[0] == 0 and labels.asnumpy().tolist()[2:] == [2, 1]
@@ -178,17 +181,41 @@ def test_loader_results_do_not_depend_on_worker_count(photo_tree, tmp_path):
     runs = []
     for workers in (0, 1, 2):
         loader = BatchLoader(shards, batches, TrainTransform(48), 48, classes=3,
-                             workers=workers, seed=1, epoch=0, normalized=False)
+                             workers=workers, seed=1, epoch=0)
         runs.append([(x.asnumpy(), y.asnumpy()) for x, y in loader])
     for other in runs[1:]:
         for (xa, ya), (xb, yb) in zip(runs[0], other):
             np.testing.assert_array_equal(xa, xb)
             np.testing.assert_array_equal(ya, yb)
     assert runs[0][0][0].shape == (4, 48, 48, 3) and runs[0][0][0].dtype == np.uint8
-    # normalised by the workers (the default) == raw normalised afterwards
-    loader = BatchLoader(shards, batches, TrainTransform(48), 48, classes=3, workers=2, seed=1)
+    # normalised by the workers == raw normalised on the device == one image at a time
+    loader = BatchLoader(shards, batches, TrainTransform(48), 48, classes=3, workers=2, seed=1,
+                         normalization=IMAGENET)
     x, _ = next(iter(loader))
     assert x.shape == (4, 3, 48, 48) and x.dtype == np.float32
-    expected = normalize(mx.nd.array(runs[0][0][0], dtype="uint8")).asnumpy()
+    raw = runs[0][0][0]
+    expected = IMAGENET.batch(mx.nd.array(raw, dtype="uint8")).asnumpy()
     np.testing.assert_allclose(x.asnumpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(IMAGENET.image(raw[1]), expected[1], rtol=1e-5, atol=1e-5)
+    by_hand = (raw[2].astype(np.float64) - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB
+    np.testing.assert_allclose(expected[2], by_hand.transpose(2, 0, 1), rtol=1e-5, atol=1e-5)
     assert -3 < float(x.mean().asscalar()) < 3
+
+
+def test_augmentation_is_a_function_of_the_record_not_of_the_batch(photo_tree, tmp_path):
+    # A run resumed mid-epoch loads the rest of the epoch as a shorter list of batches: each
+    # record must still get the augmentation it gets in the uninterrupted epoch.
+    items, classes = scan_tree(photo_tree)
+    pack(items, classes, str(tmp_path / "t"), num_shards=1, workers=1, progress=False)
+    shards = ShardSet(str(tmp_path / "t"))
+    batches = train_batches(len(shards), 4, seed=3, epoch=2)
+    whole = [x.asnumpy() for x, _ in BatchLoader(shards, batches, TrainTransform(40), 40,
+                                                  workers=1, seed=3, epoch=2)]
+    rest = [x.asnumpy() for x, _ in BatchLoader(shards, batches[1:], TrainTransform(40), 40,
+                                                 workers=2, seed=3, epoch=2)]
+    assert len(rest) == len(whole) - 1 >= 2
+    for a, b in zip(whole[1:], rest):
+        np.testing.assert_array_equal(a, b)
+    other_epoch = next(iter(BatchLoader(shards, batches[:1], TrainTransform(40), 40, seed=3,
+                                        epoch=3, workers=0)))[0].asnumpy()
+    assert not np.array_equal(other_epoch, whole[0])

@@ -86,20 +86,15 @@ def test_horovod_two_workers_identical_params_and_exact_eval(digits, tmp_path):
         import sys
         import numpy as np
         from resnest_gluon.config import load_config
-        from resnest_gluon.training import fit
-        from resnest_gluon.training.dist import init_distributed
-        import resnest_gluon.training.loop as loop
-        config = load_config(None, sys.argv[2:])
-        dist = init_distributed(config.dist)
-        captured = {}
-        original = loop.CheckpointManager.save_model
-        def keep(self, net, name):
-            captured["params"] = {k: v.data().asnumpy()
-                                  for k, v in net._collect_params_with_prefix().items()}
-            return original(self, net, name)
-        loop.CheckpointManager.save_model = keep
-        fit(config, sys.argv[1], dist)
-        np.savez(sys.argv[1] + "/rank%d.npz" % dist.rank, **captured["params"])
+        from resnest_gluon.training import Callback, fit
+
+        class SaveEachRank(Callback):
+            def on_end(self, run, state, model):
+                np.savez(sys.argv[1] + "/rank%d.npz" % run.dist.rank,
+                         **{k: v.data().asnumpy()
+                            for k, v in run.net._collect_params_with_prefix().items()})
+
+        fit(load_config(None, sys.argv[2:]), sys.argv[1], callbacks=[SaveEachRank()])
     """))
     result = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", sys.executable,
                              str(dumper), str(tmp_path / "run2"), *tiny(digits,
@@ -111,45 +106,6 @@ def test_horovod_two_workers_identical_params_and_exact_eval(digits, tmp_path):
     assert set(rank0.files) == set(rank1.files) and len(rank0.files) > 100
     for name in rank0.files:
         np.testing.assert_array_equal(rank0[name], rank1[name], err_msg=name)
-
-
-def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(digits, tmp_path):
-    reference = train_cli(tmp_path / "ref", tiny(digits))
-    assert reference.wait(timeout=300) == 0, reference.stdout.read()[-3000:]
-    run = train_cli(tmp_path / "run", tiny(digits))
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        steps = [r for r in read_metrics(str(metrics)) if r["kind"] == "step"]
-        if steps and steps[-1]["step"] >= 8:            # inside epoch 2, after checkpoint 1
-            break
-        time.sleep(0.2)
-    run.send_signal(signal.SIGKILL)
-    run.wait(timeout=30)
-    assert newest_meta(tmp_path / "run")["global_step"] == 6
-    again = train_cli(tmp_path / "run", tiny(digits))
-    output = again.communicate(timeout=300)[0]
-    assert again.returncode == 0, output[-3000:]
-    assert "resumed from" in output
-    done, ref = newest_meta(tmp_path / "run"), newest_meta(tmp_path / "ref")
-    assert done["global_step"] == ref["global_step"] == 18
-    assert done["lr"] == pytest.approx(ref["lr"])
-    assert done["epoch"] == ref["epoch"] == 3
-
-
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(digits, tmp_path):
-    run = train_cli(tmp_path, tiny(digits, "train.epochs=50"))
-    metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and not any(
-            r["kind"] == "step" and r["step"] >= 2 for r in read_metrics(str(metrics))):
-        time.sleep(0.2)
-    run.send_signal(signal.SIGTERM)
-    output = run.communicate(timeout=120)[0]
-    assert run.returncode == 0, output[-3000:]
-    meta = newest_meta(tmp_path)
-    assert meta["global_step"] >= 2 and meta["batch"] == meta["global_step"] % 6
-    assert "stop requested" in output
 
 
 def test_corrupt_newest_checkpoint_falls_back(digits, tmp_path, caplog):
@@ -165,12 +121,22 @@ def test_corrupt_newest_checkpoint_falls_back(digits, tmp_path, caplog):
     assert summary["global_step"] == 18
 
 
-def test_nan_loss_stops_with_the_step(digits, tmp_path):
+def test_nan_loss_stops_naming_its_window_and_keeps_the_last_checkpoint(digits, tmp_path):
+    fit(load_config(None, tiny(digits, "train.max_steps=6")), str(tmp_path))
+    assert newest_meta(tmp_path)["global_step"] == 6
+    # the same run, relaunched with an absurd learning rate
     run = train_cli(tmp_path, tiny(digits, "optim.lr=1e12", "optim.warmup_epochs=0",
-                                   "train.epochs=5"))
+                                   "train.epochs=3", "train.log_every=4"))
     output = run.communicate(timeout=300)[0]
     assert run.returncode == 1, output[-3000:]
-    assert re.search(r"loss is (nan|inf|-inf|NaN/inf on another rank) at step \d+", output)
+    found = re.search(r"the loss became NaN or infinite between steps (\d+) and (\d+) \(epoch "
+                      r"(\d+)", output)
+    assert found, output[-3000:]
+    first, last, epoch = map(int, found.groups())
+    # a log window: after the checkpoint, at most log_every steps, ending at a multiple of 4
+    assert 7 <= first <= last <= first + 3 and last % 4 == 0 and epoch == (last - 1) // 6 + 1
+    assert newest_meta(tmp_path)["global_step"] == 6
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-00000006"]
     assert not os.path.exists(tmp_path / "final.params")
 
 
@@ -211,15 +177,31 @@ def test_verify_export_predict_on_a_trained_model(digits, tmp_path):
     assert os.path.exists(tmp_path / "export" / "m-fused-symbol.json")
     images = sorted(os.path.join(os.path.dirname(train), f) for f in
                     os.listdir(os.path.dirname(train)) if f.endswith(".png"))[:3]
-    predict = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "predict.py"),
-                              "--model", str(tmp_path / "export" / "m"), "--classes",
-                              train + ".classes.tsv", "--size", "32", "--crop-ratio", "1",
-                              "--json", *images], capture_output=True, text=True, cwd=ROOT,
-                             timeout=300)
-    assert predict.returncode == 0, predict.stderr[-3000:]
-    rows = [json.loads(l) for l in predict.stdout.splitlines()]
+    meta = json.loads((tmp_path / "export" / "m-meta.json").read_text())
+    assert (meta["model"], meta["num_classes"], meta["size"], meta["crop_ratio"]) == \
+        ("resnest14", 10, 32, 1.0)
+    assert meta["input_shape"] == [2, 3, 32, 32] and meta["interpolation"] == "bicubic"
+    assert meta["class_names"] == [str(d) for d in range(10)]   # from train.classes.tsv
+    assert {"m.onnx", "m-symbol.json", "m-fused-symbol.json"} <= set(meta["files"])
+
+    def predict(*extra):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "predict.py"),
+                               "--model", str(tmp_path / "export" / "m"), *extra, *images],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+    # the size, crop and class names come from the export's metadata
+    done = predict("--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(l) for l in done.stdout.splitlines()]
     assert len(rows) == 3 and all(len(r["top"]) == 5 for r in rows)
     assert all(abs(sum(t["prob"] for t in r["top"]) - 1) < 0.5 for r in rows)
+    assert all(t["name"] == str(t["label"]) for r in rows for t in r["top"])
+    assert predict("--json", "--size", "32", "--classes", train + ".classes.tsv").stdout == \
+        done.stdout
+    refused = predict("--size", "224")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "--size 224 conflicts with the export: resnest14 was exported for 32x32 input" in \
+        refused.stderr and "Traceback" not in refused.stderr
 
 
 def _rank_pids(marker, rank):

@@ -12,7 +12,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..models import count_flops, count_params
-from ..training.loop import build_network
+from ..training.setup import build_network
 from ..training.metrics import pyplot, save_figure
 from .grid import Grid, point_config
 from .runs import cost_key, point_progress, read_json

@@ -23,7 +23,7 @@ import yaml
 
 from .. import config as cfg
 from ..models import count_flops, count_params
-from ..training.loop import build_network
+from ..training.setup import build_network
 from ..training.metrics import read_metrics
 from .grid import Grid, GridError, Point, point_config, point_tree
 

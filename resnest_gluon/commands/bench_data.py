@@ -21,10 +21,11 @@ import mxnet as mx
 import numpy as np
 from PIL import Image
 
-from ..data import (BatchLoader, EvalTransform, ShardSet, TrainTransform, eval_batches,
-                    train_batches)
+from ..data import (BatchLoader, EvalTransform, Normalization, ShardSet, TrainTransform,
+                    eval_batches, train_batches)
 from ..data.autoaugment import AutoAugment
-from ..data.transforms import MEAN_RGB, STD_RGB
+from ..models import IMAGENET_MEAN_RGB as MEAN_RGB
+from ..models import IMAGENET_STD_RGB as STD_RGB
 from . import setup_logging
 
 log = logging.getLogger("bench_data")
@@ -87,7 +88,7 @@ def bench_ours(prefix, mode, workers, batch, size, images):
                                   for e in range(passes + 1)])
         transform = TrainTransform(size, autoaugment=(mode == "train+aa"))
     loader = BatchLoader(shards, batches, transform, size, classes=10, workers=workers,
-                         prefetch=4)
+                         prefetch=4, normalization=Normalization(MEAN_RGB, STD_RGB))
     return _time_batches(loader, images)
 
 

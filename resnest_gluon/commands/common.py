@@ -1,18 +1,32 @@
-"""Pieces the command-line tools share: building a network from a name or config + weights."""
+"""Pieces the command-line tools share: the network from a name or config + weights, and its
+evaluation settings."""
 from ..config import load_config
-from ..models import get_model
-from ..training.loop import build_network
+from ..models import EvalSettings, get_model, resolve_eval_settings
+from ..training.setup import build_network, eval_settings
 
 
 def add_model_arguments(parser, params_required=True):
     """``--model`` / ``--config`` / ``--params`` / ``--num-classes``."""
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--model", help="zoo model name (see resnest-summary)")
-    group.add_argument("--config", help="training config (YAML) of the model")
+    group.add_argument("--config", help="training config (YAML) of the model, e.g. the "
+                                        "config.yaml a training run wrote")
     parser.add_argument("--params", required=params_required,
                         help=".params: ours (best.params/final.params) or published Gluon weights")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="classes (default: the config's, else 1000)")
+
+
+def add_eval_arguments(parser):
+    """``--size`` / ``--crop-ratio`` / ``--interpolation``: overrides of the resolved settings."""
+    parser.add_argument("--size", type=int, default=None,
+                        help="input size (default: the config's eval size, else the model's; "
+                             "e.g. 256 for resnest101, 320 for resnest200, 416 for resnest269)")
+    parser.add_argument("--crop-ratio", type=float, default=None,
+                        help="centre crop / resized shorter side (default: the config's, else "
+                             "0.875 below 320 px and size/(size+32) from 320)")
+    parser.add_argument("--interpolation", default=None,
+                        help="resize filter (default: the model's, bicubic)")
 
 
 def load_network(args, ctx):
@@ -32,3 +46,11 @@ def load_network(args, ctx):
     else:
         net.initialize(ctx=ctx)
     return net, config
+
+
+def settings_from_args(args, config) -> EvalSettings:
+    """The evaluation settings for ``--config`` or ``--model``, with the flags' overrides."""
+    if config is not None:
+        return eval_settings(config, args.size, args.crop_ratio, args.interpolation)
+    return resolve_eval_settings(args.model, size=args.size, crop_ratio=args.crop_ratio,
+                                 interpolation=args.interpolation)

@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         "--config", os.path.join(run_dir, "config.yaml"), "--params",
         os.path.join(run_dir, "best.params"), "--output", export_prefix, "--onnx"])
     for line in output.splitlines():
-        if line.startswith(("symbol", "params", "onnx", "max")):
+        if line.startswith(("symbol", "params", "onnx", "max", "meta")):
             print("    " + line)
 
     print("\n5/5 predicting validation images with the exported model")
@@ -97,8 +97,7 @@ def main(argv=None) -> int:
                             sorted(os.listdir(os.path.join(data_dir, "images", "val", str(d))))[0])
                for d in (0, 3, 7)]
     output, _ = _run("predict", _script("predict.py") + [
-        "--model", export_prefix, "--classes", data["classes"], "--size", "32",
-        "--crop-ratio", "1", "--top", "3", *samples])
+        "--model", export_prefix, "--top", "3", *samples])
     for line in output.strip().splitlines():
         print("    " + os.path.relpath(line, workdir) if line.startswith("/") else "    " + line)
 
@@ -109,7 +108,8 @@ def main(argv=None) -> int:
                        (os.path.join(run_dir, "best.params"), "best model"),
                        (os.path.join(run_dir, "checkpoints"), "checkpoints (relaunch resumes)"),
                        (export_prefix + "-symbol.json", "exported symbol (+ -0000.params)"),
-                       (export_prefix + ".onnx", "ONNX model")):
+                       (export_prefix + ".onnx", "ONNX model"),
+                       (export_prefix + "-meta.json", "what the export expects (size, classes)")):
         print(f"  {os.path.relpath(path, os.getcwd()):55s} {what}")
     if result["top1"] < 0.95:
         log.warning("validation top-1 %.2f%% is below the 95%% this demo normally reaches",

@@ -1,20 +1,24 @@
 """``scripts/export.py``: hybridized symbol JSON + params (and ONNX) for serving.
 
+The input size is the model's evaluation size (the config's ``data.eval_size``, else the
+model's: 256 for resnest101, 320 for resnest200, 416 for resnest269), as in ``verify``.
 Each export is reloaded and compared with the Gluon model on a sample batch; the max abs
-difference is printed.
+difference is printed. ``PREFIX-meta.json`` records what the export was made for (model,
+classes, size, crop ratio, interpolation, mean/std); ``predict`` reads it.
 """
 import argparse
 import logging
+import os
 import sys
 
 import mxnet as mx
 import numpy as np
 
-from ..export import export_onnx, export_symbol
-from ..models import get_spec
+from ..data.recordio import RecordFormatError, read_classes_file
+from ..export import export_onnx, export_symbol, write_export_metadata
 from ..models.convert import WeightsMismatchError
 from . import setup_logging
-from .common import add_model_arguments, load_network
+from .common import add_eval_arguments, add_model_arguments, load_network, settings_from_args
 
 log = logging.getLogger("export")
 
@@ -24,9 +28,14 @@ def build_parser():
                                      .split(": ", 1)[1])
     add_model_arguments(parser)
     parser.add_argument("--output", required=True,
-                        help="output prefix: PREFIX-symbol.json, PREFIX-0000.params, PREFIX.onnx")
-    parser.add_argument("--size", type=int, default=None, help="input size (model eval size)")
+                        help="output prefix: PREFIX-symbol.json, PREFIX-0000.params, "
+                             "PREFIX-meta.json, PREFIX.onnx")
+    add_eval_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=1, help="fixed batch size (1)")
+    parser.add_argument("--classes", default=None,
+                        help="classes file (the packer's PREFIX.classes.tsv) whose names go into "
+                             "PREFIX-meta.json (default: the one beside the config's "
+                             "data.train shards, when there is one)")
     parser.add_argument("--onnx", action="store_true", help="also write PREFIX.onnx")
     parser.add_argument("--fuse", action="store_true",
                         help="also write PREFIX-fused-symbol.json/-0000.params: BatchNorm folded "
@@ -36,30 +45,50 @@ def build_parser():
     return parser
 
 
+def _class_names(args, config):
+    path = args.classes
+    if path is None and config is not None and config.data.train:
+        beside = config.data.train + ".classes.tsv"
+        path = beside if os.path.isfile(beside) else None
+    if path is None:
+        return None
+    return [name for _, name in read_classes_file(path)]
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
         net, config = load_network(args, mx.cpu())
-    except (FileNotFoundError, WeightsMismatchError, ValueError) as err:
+        settings = settings_from_args(args, config)
+        names = _class_names(args, config)
+    except (FileNotFoundError, WeightsMismatchError, RecordFormatError, ValueError) as err:
         log.error("%s", err)
         return 2
-    name = config.model.name if config else args.model
-    size = args.size or (config.data.eval_size or config.data.input_size if config
-                         else get_spec(name).eval_size)
-    shape = (args.batch_size, 3, size, size)
+    if names is not None and len(names) != net.classes:
+        log.error("the classes file lists %d classes, the model has %d", len(names), net.classes)
+        return 2
+    shape = (args.batch_size, 3, settings.size, settings.size)
     sample = mx.nd.array(np.random.RandomState(0).normal(size=shape).astype("float32"))
-    result = export_symbol(net, args.output, size, args.batch_size, sample=sample)
+    result = export_symbol(net, args.output, settings.size, args.batch_size, sample=sample)
+    files = [result.symbol_file, result.params_file]
     print(f"symbol {result.symbol_file}\nparams {result.params_file}\n"
           f"max |exported - gluon| = {result.max_abs_diff:.3g} on a {shape} batch")
     if args.fuse:
-        fused = export_symbol(net, args.output + "-fused", size, args.batch_size, sample=sample,
-                              fuse=True)
+        fused = export_symbol(net, args.output + "-fused", settings.size, args.batch_size,
+                              sample=sample, fuse=True)
+        files += [fused.symbol_file, fused.params_file]
         print(f"fused  {fused.symbol_file}\nmax |fused - gluon| = {fused.max_abs_diff:.3g}")
     if args.onnx:
         diff = export_onnx(result.symbol_file, result.params_file, shape,
                            args.output + ".onnx", sample)
+        files.append(args.output + ".onnx")
         print(f"onnx   {args.output}.onnx\nmax |onnxruntime - mxnet| = {diff:.3g}")
+    name = config.model.name if config else args.model
+    meta = write_export_metadata(args.output, name, net.classes, settings, args.batch_size,
+                                 files, names)
+    print(f"meta   {meta} (input {settings.size}x{settings.size}, crop ratio "
+          f"{settings.crop_ratio:.3f}, {settings.interpolation})")
     return 0
 
 

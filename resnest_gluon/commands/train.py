@@ -13,7 +13,7 @@ import sys
 from ..config import ConfigError, load_config
 from ..data import DataError
 from ..data.recordio import MissingIndexError, RecordFormatError
-from ..training.loop import TrainingError, fit
+from ..training import TrainingError, fit
 from . import setup_logging
 
 log = logging.getLogger("train")

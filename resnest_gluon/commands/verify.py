@@ -11,15 +11,15 @@ import sys
 
 
 from ..data import ShardSet
-from ..data.recordio import MissingIndexError, RecordFormatError
 from ..data.loader import DataError
-from ..models import get_spec
+from ..data.recordio import MissingIndexError, RecordFormatError
 from ..models.convert import WeightsMismatchError
-from ..models.zoo import eval_crop_ratio
 from ..training.dist import init_distributed
-from ..training.loop import default_context, eval_settings, evaluate
+from ..training.errors import EvaluationError
+from ..training.evaluate import evaluate
+from ..training.setup import default_context
 from . import setup_logging
-from .common import add_model_arguments, load_network
+from .common import add_eval_arguments, add_model_arguments, load_network, settings_from_args
 
 log = logging.getLogger("verify")
 
@@ -30,12 +30,7 @@ def build_parser():
     add_model_arguments(parser)
     parser.add_argument("--rec-val", required=True,
                         help="validation shards: .rec, shard prefix, glob or folder")
-    parser.add_argument("--size", type=int, default=None,
-                        help="eval crop (default: the config's or the model's eval size)")
-    parser.add_argument("--crop-ratio", type=float, default=None,
-                        help="crop / resized shorter side (default 0.875; size/(size+32) "
-                             "at 320 and above)")
-    parser.add_argument("--interpolation", default="bicubic", help="resize filter (bicubic)")
+    add_eval_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="decoding processes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -50,20 +45,13 @@ def main(argv=None) -> int:
     ctx = default_context(dist.local_rank)
     try:
         net, config = load_network(args, ctx)
-        if config is not None:
-            size, ratio = eval_settings(config)
-        else:
-            size = get_spec(args.model).eval_size
-            ratio = None
-        size = args.size or size
-        ratio = args.crop_ratio or ratio or eval_crop_ratio(size)
+        settings = settings_from_args(args, config)
         shards = ShardSet(args.rec_val)
         net.hybridize(static_alloc=True, static_shape=True)
-        classes = net.classes
-        result = evaluate(net, shards, dist, size, ratio, args.batch_size, args.workers,
-                          classes, ctx, args.interpolation, per_class=bool(args.per_class_csv))
+        result = evaluate(net, shards, dist, settings, args.batch_size, args.workers,
+                          net.classes, ctx, per_class=bool(args.per_class_csv))
     except (FileNotFoundError, MissingIndexError, RecordFormatError, DataError,
-            WeightsMismatchError, ValueError) as err:
+            WeightsMismatchError, EvaluationError, ValueError) as err:
         log.error("%s", err)
         return 2
     if dist.rank != 0:
@@ -77,11 +65,12 @@ def main(argv=None) -> int:
                 handle.write(f"{label},{int(correct)},{int(total)},{accuracy:.6f}\n")
     if args.json:
         print(json.dumps({"top1": result["top1"], "top5": result["top5"],
-                          "images": result["images"], "size": size, "crop_ratio": ratio}))
+                          "images": result["images"], "unreadable": result["unreadable"],
+                          **settings.to_dict()}))
     else:
         print(f"top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  on "
-              f"{result['images']} images  (size {size}, crop ratio {ratio:.3f}, "
-              f"{dist.size} worker(s))")
+              f"{result['images']} images  (size {settings.size}, crop ratio "
+              f"{settings.crop_ratio:.3f}, {settings.interpolation}, {dist.size} worker(s))")
     return 0
 
 

@@ -1,12 +1,14 @@
 """Parallel batch loading: worker processes decode and augment into shared memory.
 
-This module owns :class:`BatchLoader` and :func:`normalize`.
+This module owns :class:`BatchLoader`.
 
 How it works: the loader is given the list of batches (record indices, from
 :mod:`.partition`). Batch ``k`` goes to worker ``k % workers`` and to shared-memory slot
 ``k % slots``; the worker reads the records, applies the transform with an RNG seeded by
-``(seed, epoch, batch number, position)`` (so results do not depend on the number of workers)
-and writes uint8 pixels and labels straight into the slot. The main process copies the slot
+``(seed, epoch, record index)`` and writes the pixels (normalised, or raw uint8) and labels
+straight into the slot. The augmentation of a record is therefore a function of the record and
+the epoch alone: it does not depend on the number of workers, on the rank, or on where in the
+epoch a resumed run starts. The main process copies the slot
 into an NDArray, frees it for batch ``k + slots`` and yields. Nothing but indices and short
 status tuples crosses the process boundary.
 
@@ -25,14 +27,13 @@ import traceback
 from multiprocessing import shared_memory
 from typing import Callable, Optional, Sequence
 
-import cv2
 import mxnet as mx
 import numpy as np
 
+from .normalize import Normalization
 from .recordio import ShardSet, unpack_record
-from .transforms import MEAN_RGB, STD_RGB
 
-__all__ = ["BatchLoader", "normalize", "DataError"]
+__all__ = ["BatchLoader", "DataError", "augmentation_rng"]
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +42,17 @@ class DataError(RuntimeError):
     """Bad data that must stop the run (e.g. a label outside the class range)."""
 
 
-def normalize(batch_uint8, ctx=None, mean=MEAN_RGB, std=STD_RGB, dtype="float32"):
-    """NHWC uint8 batch -> NCHW float batch, ``(x - mean) / std`` per channel."""
-    ctx = ctx or batch_uint8.context
-    x = batch_uint8.as_in_context(ctx).astype(dtype)
-    mean = mx.nd.array(mean, ctx=ctx, dtype=dtype).reshape((1, 1, 1, 3))
-    inv_std = mx.nd.array(1.0 / np.asarray(std), ctx=ctx, dtype=dtype).reshape((1, 1, 1, 3))
-    return mx.nd.broadcast_mul(mx.nd.broadcast_sub(x, mean), inv_std).transpose((0, 3, 1, 2))
+def augmentation_rng(seed: int, epoch: int, record: int) -> random.Random:
+    """The RNG that augments ``record`` in ``epoch``: a pure function of the three."""
+    return random.Random((int(seed) << 64) | (int(epoch) << 40) | int(record))
 
 
 class _Layout:
     """Where a batch lives in a shared-memory slot: pixels, then labels."""
 
-    def __init__(self, batch_size, size, normalized):
-        self.batch_size, self.size, self.normalized = batch_size, size, normalized
+    def __init__(self, batch_size, size, normalization: Optional[Normalization]):
+        self.batch_size, self.size, self.normalization = batch_size, size, normalization
+        normalized = normalization is not None
         self.shape = (batch_size, 3, size, size) if normalized else (batch_size, size, size, 3)
         self.dtype = np.float32 if normalized else np.uint8
         self.pixel_bytes = int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
@@ -68,20 +66,11 @@ class _Layout:
         return pixels, labels
 
 
-_SCALE = (1.0 / np.asarray(STD_RGB)).astype(np.float32)
-_SHIFT = (-np.asarray(MEAN_RGB) / np.asarray(STD_RGB)).astype(np.float32)
-
-
-def _store(pixels, pos, rgb, normalized):
-    if not normalized:
+def _store(pixels, pos, rgb, normalization):
+    if normalization is None:
         pixels[pos] = rgb
-        return
-    # per plane: (x - mean) / std written straight into the NCHW slot
-    for channel, plane in enumerate(cv2.split(rgb)):
-        out = pixels[pos, channel]
-        out[...] = plane
-        out *= _SCALE[channel]
-        out += _SHIFT[channel]
+    else:
+        normalization.write_chw(pixels[pos], rgb)
 
 
 def _worker_loop(shards, transform, task_queue, result_queue, shm_name, layout, classes, seed,
@@ -105,10 +94,10 @@ def _worker_loop(shards, transform, task_queue, result_queue, shm_name, layout, 
             corrupt, good = [], []
             try:
                 for pos, index in enumerate(indices):
-                    rng = random.Random(hash((seed, epoch, int(batch_no), pos)))
+                    rng = augmentation_rng(seed, epoch, index)
                     try:
                         header, image = unpack_record(shards.read(int(index)))
-                        label = header.label if header.flag == 0 else header.label[0]
+                        label = header.class_label
                         rgb = transform(image, rng)
                     except (OSError, ValueError, SyntaxError) as err:
                         corrupt.append((int(index), f"{type(err).__name__}: {err}"))
@@ -116,7 +105,7 @@ def _worker_loop(shards, transform, task_queue, result_queue, shm_name, layout, 
                     if classes and not 0 <= label < classes:
                         raise DataError(f"label {label:g} outside [0, {classes}) in "
                                         f"{shards.describe(int(index))}")
-                    _store(pixels, pos, rgb, layout.normalized)
+                    _store(pixels, pos, rgb, layout.normalization)
                     labels[pos] = label
                     good.append(pos)
                 if corrupt:
@@ -166,10 +155,9 @@ class BatchLoader:
         Batches in flight per worker.
     seed, epoch : int
         Seed the augmentation RNGs.
-    normalized : bool
-        Yield mean/std-normalised float32 NCHW (done by the workers; the default), or raw
-        uint8 NHWC to normalise on the device with :func:`normalize` (4x less to copy, for
-        GPUs).
+    normalization : Normalization, optional
+        Yield float32 NCHW normalised by the workers with it; without it, raw uint8 NHWC (4x
+        less to copy; :meth:`Normalization.batch` normalises it on the device).
     ctx : mxnet.Context, optional
         Where the NDArrays are created (default CPU).
 
@@ -181,7 +169,8 @@ class BatchLoader:
 
     def __init__(self, shards: ShardSet, batches: Sequence, transform: Callable, size: int,
                  classes: Optional[int] = None, workers: int = 2, prefetch: int = 2,
-                 seed: int = 0, epoch: int = 0, normalized: bool = True, ctx=None,
+                 seed: int = 0, epoch: int = 0,
+                 normalization: Optional[Normalization] = None, ctx=None,
                  report_every: float = 30.0):
         self.shards = shards
         self.batches = list(batches)
@@ -191,7 +180,7 @@ class BatchLoader:
         self.workers = max(0, int(workers))
         self.prefetch = max(1, int(prefetch))
         self.seed, self.epoch = int(seed), int(epoch)
-        self.normalized = normalized
+        self.normalization = normalization
         self.ctx = ctx or mx.cpu()
         self.corrupt_count = 0
         self.images_loaded = 0
@@ -220,7 +209,7 @@ class BatchLoader:
     def __iter__(self):
         if not self.batches:
             return
-        layout = _Layout(self.batch_size, self.size, self.normalized)
+        layout = _Layout(self.batch_size, self.size, self.normalization)
         slots = max(1, self.workers * self.prefetch)
         shm = shared_memory.SharedMemory(create=True, size=slots * layout.slot_bytes)
         try:

@@ -54,6 +54,12 @@ class IRHeader(NamedTuple):
     id: int
     id2: int
 
+    @property
+    def class_label(self) -> float:
+        """The class label: the scalar label, or the first entry of a label vector (im2rec
+        writes vectors for multi-label and detection records)."""
+        return float(self.label) if self.flag == 0 else float(self.label[0])
+
 
 def pack_record(label, image_bytes: bytes, record_id: int = 0, id2: int = 0) -> bytes:
     """Payload of one image record: header, optional label vector, encoded image."""

@@ -2,8 +2,8 @@
 
 This module owns :class:`TrainTransform` and :class:`EvalTransform`: callables from encoded
 image bytes (and a seeded RNG) to a ``size x size x 3`` uint8 array. They run in the loader's
-worker processes; mean/std normalisation and the NCHW layout happen later on the whole batch
-(:func:`resnest_gluon.data.loader.normalize`), where they are one vectorised operation.
+worker processes; mean/std normalisation and the NCHW layout follow in one pass
+(:class:`resnest_gluon.data.normalize.Normalization`).
 
 Speed choices, each giving the same distribution of outputs as the textbook sequence:
 
@@ -26,10 +26,8 @@ from PIL import Image
 from .autoaugment import AutoAugment
 
 __all__ = ["decode", "random_resized_crop_box", "TrainTransform", "EvalTransform",
-           "MEAN_RGB", "STD_RGB", "color_jitter_matrix", "INTERPOLATIONS"]
+           "color_jitter_matrix", "INTERPOLATIONS", "resample_filter"]
 
-MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # ImageNet RGB covariance: eigenvalues and eigenvectors (columns), 0-255 scale.
 PCA_EIGVAL = np.array([55.46, 4.794, 1.148])
 PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
@@ -38,6 +36,15 @@ PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
 GRAY = np.array([0.299, 0.587, 0.114])
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
                   "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+
+
+def resample_filter(interpolation: str) -> int:
+    """The Pillow filter named ``interpolation``; ``ValueError`` listing the valid names."""
+    try:
+        return INTERPOLATIONS[interpolation]
+    except KeyError:
+        raise ValueError(f"unknown interpolation {interpolation!r}; valid: "
+                         f"{', '.join(INTERPOLATIONS)}") from None
 
 
 def decode(image_bytes: bytes, draft_size: Optional[Tuple[int, int]] = None) -> Image.Image:
@@ -156,7 +163,7 @@ class TrainTransform:
         self.lighting = float(lighting)
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         interpolation = interpolation or ("bicubic" if self.size >= 320 else "bilinear")
-        self.resample = INTERPOLATIONS[interpolation]
+        self.resample = resample_filter(interpolation)
         self.fast_decode = fast_decode
 
     def __call__(self, image_bytes: bytes, rng: random.Random) -> np.ndarray:
@@ -206,7 +213,7 @@ class EvalTransform:
             raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
         self.size = int(size)
         self.resize = int(math.ceil(self.size / crop_ratio))
-        self.resample = INTERPOLATIONS[interpolation]
+        self.resample = resample_filter(interpolation)
 
     def __call__(self, image_bytes: bytes, rng: Optional[random.Random] = None) -> np.ndarray:
         img = decode(image_bytes)

@@ -1,8 +1,9 @@
 """Model zoo: the one table of ResNeSt depths and variants, and :func:`get_model`.
 
-This module owns the architecture specs (:data:`MODEL_SPECS`), the per-model evaluation
-settings that sit beside them (input sizes, crop ratio, interpolation), and building a network
-by name, optionally loading weights (:func:`get_model`).
+This module owns the architecture specs (:data:`MODEL_SPECS`), the per-model input settings
+that sit beside them (input sizes, crop ratio, interpolation, normalisation), and building a
+network by name, optionally loading weights (:func:`get_model`). The published numbers in the
+spec table are those of docs/reference.md.
 """
 import dataclasses
 import difflib
@@ -11,7 +12,12 @@ from typing import Dict, Optional, Tuple
 from .convert import load_weights
 from .resnest import ResNeSt
 
-__all__ = ["ModelSpec", "MODEL_SPECS", "get_model", "get_spec", "list_models", "eval_crop_ratio"]
+__all__ = ["ModelSpec", "MODEL_SPECS", "get_model", "get_spec", "list_models", "eval_crop_ratio",
+           "IMAGENET_MEAN_RGB", "IMAGENET_STD_RGB"]
+
+# The normalisation every published ResNeSt was trained with (0-255 RGB scale).
+IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 def eval_crop_ratio(size: int) -> float:
@@ -45,7 +51,9 @@ class ModelSpec:
     train_size: int = 224
     eval_size: int = 224
     interpolation: str = "bicubic"
-    published_params_m: Optional[float] = None   # DESIGN.md section 5
+    mean: Tuple[float, float, float] = IMAGENET_MEAN_RGB
+    std: Tuple[float, float, float] = IMAGENET_STD_RGB
+    published_params_m: Optional[float] = None   # docs/reference.md
     published_gflops: Optional[float] = None
     published_top1: Optional[float] = None
 

@@ -2,10 +2,12 @@
 
 This module owns :class:`CheckpointManager`. Layout under the work directory::
 
-    checkpoints/step-00001234/model.params    network parameters
+    checkpoints/step-00001234/model.params    network parameters (the live, trained weights)
     checkpoints/step-00001234/trainer.states  optimizer state (momentum)
-    checkpoints/step-00001234/meta.json       position, seeds, config hash, metrics, checksums
-    best.params, final.params                 the best and the last model
+    checkpoints/step-00001234/ema.params      moving average of the weights (when on)
+    checkpoints/step-00001234/meta.json       position, epoch sums, loss scale, config hash,
+                                              checksums
+    best.params, final.params                 the best and the last model (as evaluated)
 
 A checkpoint is written into a temporary folder and renamed into place, and its ``meta.json``
 holds the checksums of the other two files, so a checkpoint that is truncated or corrupted on
@@ -18,6 +20,8 @@ import re
 import shutil
 import time
 from typing import Optional
+
+import mxnet as mx
 
 from ..data.recordio import sha256_file
 
@@ -62,8 +66,11 @@ class CheckpointManager:
                  if (m := _STEP_DIR.match(name))]
         return sorted(found, reverse=True)
 
-    def save(self, net, trainer, meta: dict) -> Optional[str]:
-        """Write a checkpoint for ``meta["global_step"]``; returns its folder (rank 0)."""
+    def save(self, net, trainer, meta: dict, ema=None) -> Optional[str]:
+        """Write a checkpoint for ``meta["global_step"]``; returns its folder (rank 0).
+
+        ``ema`` (a :class:`~resnest_gluon.training.ema.ParameterEMA`) is saved beside.
+        """
         if not self.is_writer:
             return None
         name = f"step-{meta['global_step']:08d}"
@@ -71,10 +78,17 @@ class CheckpointManager:
         tmp = os.path.join(self.folder, f".tmp-{name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
+        # oneDNN BatchNorm updates its running statistics without telling the engine
+        # (apache/mxnet#18610): finish every pending operation before reading them.
+        mx.nd.waitall()
         net.save_parameters(os.path.join(tmp, "model.params"))
         trainer.save_states(os.path.join(tmp, "trainer.states"))
+        files = ["model.params", "trainer.states"]
+        if ema is not None:
+            ema.save(os.path.join(tmp, "ema.params"))
+            files.append("ema.params")
         meta = dict(meta, saved_at=time.time(), files={
-            f: sha256_file(os.path.join(tmp, f)) for f in ("model.params", "trainer.states")})
+            f: sha256_file(os.path.join(tmp, f)) for f in files})
         with open(os.path.join(tmp, "meta.json"), "w") as handle:
             json.dump(meta, handle, indent=1)
             handle.flush()
@@ -121,14 +135,22 @@ class CheckpointManager:
                 log.warning("checkpoint %s is damaged (%s); using the one before it", folder, err)
         return None, None
 
-    def restore(self, net, trainer, ctx):
-        """Load the newest complete checkpoint into ``net`` and ``trainer``; returns its meta
-        or None when there is none."""
+    def restore(self, net, trainer, ctx, ema=None):
+        """Load the newest complete checkpoint into ``net``, ``trainer`` and ``ema``; returns
+        its meta or None when there is none."""
         folder, meta = self.latest()
         if folder is None:
             return None
         net.load_parameters(os.path.join(folder, "model.params"), ctx=ctx)
         trainer.load_states(os.path.join(folder, "trainer.states"))
+        if ema is not None:
+            ema_file = os.path.join(folder, "ema.params")
+            if os.path.exists(ema_file):
+                ema.load(ema_file)
+            else:
+                log.warning("%s has no ema.params: the average restarts from the weights",
+                            folder)
+                ema.reset()
         log.info("resumed from %s (epoch %d, batch %d, step %d)", folder, meta["epoch"],
                  meta["batch"], meta["global_step"])
         return meta
@@ -136,4 +158,5 @@ class CheckpointManager:
     def save_model(self, net, name):
         """Write ``WORKDIR/name`` (best.params / final.params) atomically (rank 0)."""
         if self.is_writer:
+            mx.nd.waitall()
             atomic_save_parameters(net, os.path.join(self.workdir, name))

@@ -29,15 +29,16 @@ class SingleProcess:
     rank, size, local_rank = 0, 1, 0
     name = "single process"
 
-    def allreduce_sum(self, values) -> np.ndarray:
-        """Sum ``values`` (a small float64 vector) over workers."""
+    def allreduce_sum(self, values, name: str = "scalars") -> np.ndarray:
+        """Sum ``values`` (a float64 vector) over workers.
+
+        ``name`` identifies the collective: reusing it for the same purpose (and length) lets
+        Horovod's response cache skip the negotiation.
+        """
         return np.asarray(values, dtype=np.float64)
 
     def broadcast_parameters(self, params):
         """Make every worker's parameters equal rank 0's."""
-
-    def average_in_place(self, params):
-        """Average the values of ``params`` (e.g. BatchNorm running statistics) over workers."""
 
     def make_trainer(self, params, optimizer, optimizer_params, fp16_allreduce=False):
         """A Gluon trainer whose ``step`` averages gradients over all workers."""
@@ -63,30 +64,13 @@ class HorovodContext(SingleProcess):
         self.hvd = hvd
         hvd.init()
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
-        self._counter = 0
 
-    def allreduce_sum(self, values) -> np.ndarray:
-        self._counter += 1
+    def allreduce_sum(self, values, name: str = "scalars") -> np.ndarray:
         array = mx.nd.array(np.asarray(values, dtype=np.float64), dtype="float64")
-        total = self.hvd.allreduce(array, average=False, name=f"scalars.{self._counter}")
-        return total.asnumpy()
+        return self.hvd.allreduce(array, average=False, name=name).asnumpy()
 
     def broadcast_parameters(self, params):
         self.hvd.broadcast_parameters(params, root_rank=0)
-
-    def average_in_place(self, params):
-        params = list(params)
-        if not params:
-            return
-        # one flat allreduce (through NumPy: oneDNN-layout arrays cannot be reduced in place)
-        values = [p.data().asnumpy() for p in params]
-        self._counter += 1
-        flat = mx.nd.array(np.concatenate([v.ravel() for v in values]))
-        mean = self.hvd.allreduce(flat, average=True, name=f"average.{self._counter}").asnumpy()
-        offset = 0
-        for param, value in zip(params, values):
-            param.set_data(mx.nd.array(mean[offset:offset + value.size].reshape(value.shape)))
-            offset += value.size
 
     def make_trainer(self, params, optimizer, optimizer_params, fp16_allreduce=False):
         compression = (self.hvd.Compression.fp16 if fp16_allreduce
@@ -95,7 +79,7 @@ class HorovodContext(SingleProcess):
                                            compression=compression)
 
     def barrier(self):
-        self.allreduce_sum([0.0])
+        self.allreduce_sum([0.0], name="barrier")
 
 
 def init_distributed(config=None, stall_timeout=1800.0):

@@ -31,6 +31,23 @@ class MetricsLog:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    def truncate_after(self, step: int) -> int:
+        """Drop the records of steps after ``step`` (and a torn last line); returns how many
+        were dropped. Used at resume: the work after the checkpoint is done again."""
+        if not self.enabled or not os.path.exists(self.path):
+            return 0
+        records = read_metrics(self.path)
+        keep = [r for r in records if r.get("step", 0) <= step]
+        with open(self.path) as handle:
+            lines = sum(1 for line in handle if line.strip())
+        if len(keep) == lines:
+            return 0
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in keep)
+        os.replace(tmp, self.path)
+        return lines - len(keep)
+
 
 def read_metrics(path: str):
     """All records of a metrics log (a torn last line, from a kill, is ignored)."""

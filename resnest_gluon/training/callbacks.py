@@ -1,0 +1,189 @@
+"""What the loop tells the outside world: progress, metrics, curves, checkpoints, model files.
+
+This module owns :class:`Callback` (the hooks), :class:`Callbacks` (a list of them) and the
+built-in ones that :func:`default_callbacks` gives every run. Tests and tools observe or extend
+a run by passing their own callbacks to ``fit``. Hooks run on every rank; effects that only
+rank 0 should have check ``run.rank0``. ``on_step`` runs on the host after each step is
+queued: it must not read device values (that would stall the device every step).
+"""
+import logging
+import os
+import time
+
+from tqdm import tqdm
+
+from .metrics import MetricsLog, plot_curves
+
+__all__ = ["Callback", "Callbacks", "ProgressBar", "MetricsWriter", "CurvePlotter",
+           "Checkpointer", "ModelFiles", "default_callbacks"]
+
+log = logging.getLogger(__name__)
+
+
+class Callback:
+    """Hooks of a run; every method is optional. ``run`` is the
+    :class:`~resnest_gluon.training.setup.Run`, ``state`` the
+    :class:`~resnest_gluon.training.state.RunState`."""
+
+    def on_start(self, run, state):
+        """After setup and restore, before the first step."""
+
+    def on_epoch_start(self, run, state):
+        """Before the first step of an epoch (also a resumed one)."""
+
+    def on_step(self, run, state):
+        """After each step is queued (host only: no device reads here)."""
+
+    def on_log(self, run, state, record: dict):
+        """At each log window: ``record`` holds the window's mean loss, accuracy, LR, speed."""
+
+    def on_eval(self, run, state, result: dict, improved: bool, model):
+        """After an evaluation; ``model`` is the evaluated network."""
+
+    def on_epoch_end(self, run, state, record: dict):
+        """After an epoch and its evaluation; ``state`` already points at the next epoch."""
+
+    def on_stop(self, run, state, status: str):
+        """The run stops early (``stopped`` by a signal, or ``max_steps``)."""
+
+    def on_end(self, run, state, model):
+        """The last epoch is done; ``model`` holds the final (evaluated) weights."""
+
+    def close(self):
+        """Always called last, also when the run fails."""
+
+
+class Callbacks:
+    """A list of callbacks: ``callbacks("on_log", run, state, record)`` calls each one's
+    hook in order. A context manager that closes them all on the way out."""
+
+    def __init__(self, callbacks):
+        self.callbacks = list(callbacks)
+
+    def __call__(self, hook: str, *args):
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args)
+
+    def close(self):
+        for callback in self.callbacks:
+            try:
+                callback.close()
+            except Exception as err:  # pylint: disable=broad-except
+                log.warning("closing %s failed: %s", type(callback).__name__, err)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch on rank 0, with the last window's loss, LR and speed."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_epoch_start(self, run, state):
+        self.close()
+        self.bar = tqdm(total=run.steps_per_epoch, initial=state.batch_in_epoch,
+                        disable=not run.rank0, unit="step", dynamic_ncols=True,
+                        desc=f"epoch {state.epoch + 1}/{run.config.train.epochs}")
+
+    def on_step(self, run, state):
+        self.bar.update(1)
+
+    def on_log(self, run, state, record):
+        self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.4g}",
+                             img_s=f"{record['img_per_s']:.1f}")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class MetricsWriter(Callback):
+    """``metrics.jsonl``: a ``step`` record per log window, an ``epoch`` record per epoch.
+
+    On start the log is cut back to the step of the checkpoint the run resumed from, so that
+    after a resume it holds every step once.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.log = None
+
+    def on_start(self, run, state):
+        self.log = MetricsLog(self.path, enabled=run.rank0)
+        dropped = self.log.truncate_after(state.restored_step)
+        if dropped:
+            log.info("metrics.jsonl: dropped %d records after step %d (work lost with the "
+                     "interruption, redone now)", dropped, state.restored_step)
+
+    def on_log(self, run, state, record):
+        self.log.write("step", **record)
+
+    def on_epoch_end(self, run, state, record):
+        self.log.write("epoch", **record)
+
+
+class CurvePlotter(Callback):
+    """``curves.png`` redrawn after each epoch (rank 0); a failure only warns."""
+
+    def __init__(self, metrics_path: str, png_path: str):
+        self.metrics_path, self.png_path = metrics_path, png_path
+
+    def on_epoch_end(self, run, state, record):
+        if not run.rank0:
+            return
+        try:
+            plot_curves(self.metrics_path, self.png_path)
+        except Exception as err:  # pylint: disable=broad-except
+            log.warning("could not draw %s: %s", self.png_path, err)   # never stop training
+
+
+class Checkpointer(Callback):
+    """A checkpoint every ``train.checkpoint_every`` epochs, after the last one, and when the
+    run stops early."""
+
+    def on_epoch_end(self, run, state, record):
+        every = run.config.train.checkpoint_every
+        if state.epoch % every == 0 or state.epoch == run.config.train.epochs:
+            save_checkpoint(run, state)
+
+    def on_stop(self, run, state, status):
+        save_checkpoint(run, state)
+        log.info("%s at step %d; checkpoint saved, relaunch to resume",
+                 "stop requested" if status == "stopped" else "max_steps reached",
+                 state.global_step)
+
+
+def save_checkpoint(run, state):
+    """Write the checkpoint of ``state`` (rank 0 writes; the others have the same values)."""
+    tic = time.time()
+    folder = run.checkpoints.save(run.net, run.trainer, run.checkpoint_meta(state), run.ema)
+    if folder:
+        log.debug("checkpoint written in %.1f s", time.time() - tic)
+
+
+class ModelFiles(Callback):
+    """``best.params`` after each best evaluation, ``final.params`` at the end (and
+    ``best.params`` then too when there is no validation set)."""
+
+    def on_eval(self, run, state, result, improved, model):
+        if improved:
+            run.checkpoints.save_model(model, "best.params")
+
+    def on_end(self, run, state, model):
+        run.checkpoints.save_model(model, "final.params")
+        if run.val_shards is None:
+            run.checkpoints.save_model(model, "best.params")
+
+
+def default_callbacks(run):
+    """The callbacks every run has: progress, metrics, curves, checkpoints, model files."""
+    metrics = os.path.join(run.workdir, "metrics.jsonl")
+    return [ProgressBar(), MetricsWriter(metrics),
+            CurvePlotter(metrics, os.path.join(run.workdir, "curves.png")),
+            Checkpointer(), ModelFiles()]

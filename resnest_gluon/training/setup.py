@@ -1,0 +1,210 @@
+"""Everything a run is made of, built once from the config: :class:`Run` and :func:`setup_run`.
+
+This module owns building the network, the optimizer and the precision, opening the shards,
+the schedules, the evaluation network, and restoring a checkpoint into them
+(:func:`restore_state`). The loop (:mod:`.loop`) only drives what this module built.
+"""
+import dataclasses
+import logging
+import os
+from typing import Optional
+
+import mxnet as mx
+from mxnet import gluon
+
+from .. import config as cfg
+from ..data import (BatchLoader, MixConfig, Normalization, ShardSet, TrainTransform,
+                    batches_per_epoch, train_batches)
+from ..models import EvalSettings, get_model, get_spec, resolve_eval_settings
+from .checkpoint import CheckpointManager
+from .ema import ParameterEMA
+from .errors import TrainingError
+from .evaluate import EvalNetwork, evaluate, structural_params
+from .precision import Precision, make_precision
+from .schedule import Schedule, dropblock_prob_at, peak_lr
+from .state import RunState
+
+__all__ = ["Run", "setup_run", "restore_state", "build_network", "default_context",
+           "eval_settings"]
+
+log = logging.getLogger(__name__)
+
+
+def default_context(local_rank: int = 0):
+    """GPU ``local_rank`` when MXNet sees GPUs, else CPU."""
+    return mx.gpu(local_rank) if mx.context.num_gpus() > 0 else mx.cpu()
+
+
+def build_network(config: cfg.Config, classes: Optional[int] = None):
+    """The configured zoo network (DropBlock starts at 0; the loop schedules it)."""
+    overrides = dict(config.model.overrides)
+    if config.model.final_drop is not None:
+        overrides["final_drop"] = config.model.final_drop
+    return get_model(config.model.name, classes=classes or config.data.num_classes,
+                     last_gamma=config.model.last_gamma, **overrides)
+
+
+def eval_settings(config: cfg.Config, size: Optional[int] = None,
+                  crop_ratio: Optional[float] = None,
+                  interpolation: Optional[str] = None) -> EvalSettings:
+    """The evaluation settings of a training config (see ``resolve_eval_settings``); explicit
+    arguments win over the config's ``data.eval_size`` and ``data.crop_ratio``."""
+    return resolve_eval_settings(config.model.name, train_size=config.data.input_size,
+                                 size=size or config.data.eval_size,
+                                 crop_ratio=crop_ratio or config.data.crop_ratio,
+                                 interpolation=interpolation)
+
+
+@dataclasses.dataclass
+class Run:
+    """The built parts of one training run (see :func:`setup_run`)."""
+
+    config: cfg.Config
+    workdir: str
+    dist: object
+    ctx: mx.Context
+    precision: Precision
+    net: gluon.HybridBlock
+    trainer: gluon.Trainer
+    eval_net: EvalNetwork
+    ema: Optional[ParameterEMA]
+    schedule: Schedule
+    steps_per_epoch: int
+    train_shards: ShardSet
+    val_shards: Optional[ShardSet]
+    eval_settings: EvalSettings
+    mix: MixConfig
+    checkpoints: CheckpointManager
+    final_dropblock: float
+
+    @property
+    def rank0(self) -> bool:
+        return self.dist.rank == 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.train.batch_size * self.dist.size
+
+    def dropblock_prob(self, epoch: int) -> float:
+        return dropblock_prob_at(epoch, self.config.train.epochs, self.final_dropblock)
+
+    def mixup_on(self, epoch: int) -> bool:
+        return epoch < self.config.train.epochs - self.config.data.mixup_off_epochs
+
+    def train_loader(self, state: RunState) -> BatchLoader:
+        """This rank's batches of ``state.epoch`` from ``state.batch_in_epoch`` on."""
+        tc, dc = self.config.train, self.config.data
+        batches = train_batches(len(self.train_shards), tc.batch_size, self.dist.rank,
+                                self.dist.size, tc.seed, state.epoch, state.batch_in_epoch,
+                                dc.chunk, dc.window)
+        transform = TrainTransform(dc.input_size, dc.autoaugment, dc.jitter, dc.lighting,
+                                   scale=(dc.min_crop_area, 1.0))
+        return BatchLoader(self.train_shards, batches, transform, dc.input_size,
+                           classes=dc.num_classes, workers=dc.workers, prefetch=dc.prefetch,
+                           seed=tc.seed, epoch=state.epoch, ctx=self.ctx,
+                           normalization=Normalization(self.eval_settings.mean,
+                                                       self.eval_settings.std))
+
+    def model_to_evaluate(self):
+        """The evaluation network holding the weights to evaluate and save (EMA if on)."""
+        return self.eval_net.load_from(self.net, self.ema.values() if self.ema else None)
+
+    def evaluate(self) -> dict:
+        """Top-1/top-5 of :meth:`model_to_evaluate` on the validation shards."""
+        dc = self.config.data
+        return evaluate(self.model_to_evaluate(), self.val_shards, self.dist, self.eval_settings,
+                        self.config.train.batch_size, dc.workers, dc.num_classes, self.ctx)
+
+    def checkpoint_meta(self, state: RunState) -> dict:
+        """What a checkpoint's meta.json holds besides the files' checksums."""
+        return dict(state.to_meta(), steps_per_epoch=self.steps_per_epoch,
+                    world_size=self.dist.size, seed=self.config.train.seed,
+                    config_hash=cfg.config_hash(self.config),
+                    lr=self.schedule(state.global_step), precision=self.precision.name,
+                    precision_state=self.precision.state_dict())
+
+
+def _open_data(config: cfg.Config, dist):
+    dc, tc = config.data, config.train
+    train_shards = ShardSet(dc.train)
+    val_shards = ShardSet(dc.val) if dc.val else None
+    steps_per_epoch = batches_per_epoch(len(train_shards), tc.batch_size, dist.size)
+    if steps_per_epoch == 0:
+        raise cfg.ConfigError(f"data.train has {len(train_shards)} records: not one batch of "
+                              f"train.batch_size={tc.batch_size} per worker for {dist.size} "
+                              f"worker(s)")
+    return train_shards, val_shards, steps_per_epoch
+
+
+def _schedule(config: cfg.Config, steps_per_epoch: int, global_batch: int) -> Schedule:
+    oc = config.optim
+    return Schedule(oc.lr or peak_lr(oc.base_lr, global_batch), steps_per_epoch,
+                    config.train.epochs, oc.warmup_epochs, oc.warmup_lr, oc.final_lr,
+                    oc.schedule, tuple(oc.step_epochs), oc.step_factor)
+
+
+def _training_network(config: cfg.Config, precision: Precision, ctx):
+    net = build_network(config)
+    net.initialize(mx.init.MSRAPrelu(), ctx=ctx)
+    deferred = [name for name, p in net.collect_params().items()
+                if p._deferred_init]   # pylint: disable=protected-access
+    if deferred:
+        # The broadcast and the checkpoints need every shape now; a forward pass to infer
+        # them would run the training network in inference mode (see evaluate.py).
+        raise TrainingError(f"parameters without a shape after initialisation: {deferred[:3]}")
+    precision.hybridize(net)
+    if config.optim.no_wd_on_bn_bias:
+        for name, param in net.collect_params().items():
+            if name.endswith(("gamma", "beta", "bias")):
+                param.wd_mult = 0.0
+    return net
+
+
+def setup_run(config: cfg.Config, workdir: str, dist) -> Run:
+    """Build the network, optimizer, precision, data and schedules of a run (no restore)."""
+    ctx = default_context(dist.local_rank)
+    precision = make_precision(config.train.dtype, on_gpu=ctx.device_type == "gpu")
+    train_shards, val_shards, steps_per_epoch = _open_data(config, dist)
+    schedule = _schedule(config, steps_per_epoch, config.train.batch_size * dist.size)
+    precision.prepare()
+    net = _training_network(config, precision, ctx)
+    oc = config.optim
+    trainer = dist.make_trainer(net.collect_params(), "nag" if oc.nesterov else "sgd",
+                                {"learning_rate": schedule(0), "momentum": oc.momentum,
+                                 "wd": oc.weight_decay},
+                                fp16_allreduce=config.dist.fp16_allreduce)
+    precision.attach(trainer)
+    spec = get_spec(config.model.name)
+    os.makedirs(workdir, exist_ok=True)
+    return Run(config=config, workdir=workdir, dist=dist, ctx=ctx, precision=precision,
+               net=net, trainer=trainer, eval_net=EvalNetwork(build_network(config), ctx),
+               ema=(ParameterEMA(structural_params(net), config.train.ema_decay)
+                    if config.train.ema_decay > 0 else None),
+               schedule=schedule, steps_per_epoch=steps_per_epoch, train_shards=train_shards,
+               val_shards=val_shards, eval_settings=eval_settings(config),
+               mix=MixConfig(config.data.num_classes, config.data.label_smoothing,
+                             config.data.mixup_alpha),
+               checkpoints=CheckpointManager(workdir, config.train.keep_checkpoints,
+                                             is_writer=dist.rank == 0),
+               final_dropblock=(spec.dropblock_prob if config.model.dropblock_prob is None
+                                else config.model.dropblock_prob))
+
+
+def restore_state(run: Run) -> RunState:
+    """Load the newest complete checkpoint (weights, optimizer, EMA, loss scale), make every
+    rank hold rank 0's weights, and return where the run stands."""
+    meta = run.checkpoints.restore(run.net, run.trainer, run.ctx, run.ema)
+    state = RunState()
+    if meta is not None:
+        if meta.get("config_hash") != cfg.config_hash(run.config):
+            log.warning("the config differs from the checkpoint's (hash %s vs %s); resuming "
+                        "with the new one", cfg.config_hash(run.config), meta.get("config_hash"))
+        run.precision.load_state_dict(meta.get("precision_state", {}))
+        state = RunState.from_meta(meta, run.steps_per_epoch, run.dist.size)
+    # Broadcast before any forward pass: a forward leaves arrays in oneDNN layouts, which
+    # Horovod cannot read.
+    run.dist.broadcast_parameters(run.net.collect_params())
+    mx.nd.waitall()   # the broadcast is asynchronous: finish it while every rank is alive
+    if meta is None and run.ema is not None:
+        run.ema.reset()     # start the average from the broadcast weights
+    return state

@@ -1,0 +1,110 @@
+"""One training step on the device, and what the steps accumulate between host reads.
+
+This module owns :func:`train_step` (schedules, seeds, mixup, forward, backward, update),
+:class:`WindowMeter` (loss and accuracy summed on the device) and :class:`RunningStatistics`
+(BatchNorm statistics as one flat vector, to average across ranks). Nothing here reads a value
+back to the host except :meth:`WindowMeter.read`, which the loop calls once per log window.
+"""
+import numpy as np
+import mxnet as mx
+from mxnet import autograd, gluon
+
+from ..data import targets_for_batch
+from .evaluate import topk_hits
+
+__all__ = ["train_step", "step_seed", "WindowMeter", "RunningStatistics"]
+
+_SPARSE_LOSS = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=True)
+_SOFT_LOSS = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of MXNet's generators for update ``step`` on ``rank`` (DropBlock, dropout)."""
+    return int(np.random.SeedSequence([seed, step, rank, 0xD80]).generate_state(1)[0])
+
+
+def train_step(run, step: int, epoch: int, data, labels):
+    """Run update ``step`` (0-based) of ``run`` on one batch; returns ``(loss, logits)``.
+
+    Every random draw is a function of (seed, step, rank): MXNet's generators are reseeded
+    before the forward pass, and the mixup weight comes from a generator keyed by
+    (seed, step). A resumed run therefore repeats the uninterrupted one.
+
+    Returns
+    -------
+    tuple of NDArray
+        Per-image losses ``(N,)`` and logits ``(N, classes)``, still on the device.
+    """
+    seed = run.config.train.seed
+    run.trainer.set_learning_rate(run.schedule(step))
+    mx.random.seed(step_seed(seed, step, run.dist.rank), ctx=run.ctx)
+    rng = np.random.default_rng([seed, step])
+    inputs, targets, sparse = targets_for_batch(data, labels, run.mix, rng, run.mixup_on(epoch))
+    with autograd.record():
+        logits = run.net(inputs)
+        loss = (_SPARSE_LOSS if sparse else _SOFT_LOSS)(logits, targets)
+        scaled = run.precision.scale(loss)
+    scaled.backward()
+    run.trainer.step(data.shape[0])
+    if run.ema is not None:
+        run.ema.update()
+    return loss, logits
+
+
+class WindowMeter:
+    """Loss sum and top-1 hits of the steps since the last read, kept on the device.
+
+    Parameters
+    ----------
+    ctx : mxnet.Context
+        The training device.
+    """
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.reset()
+
+    def reset(self):
+        self.sums = mx.nd.zeros((2,), ctx=self.ctx)      # loss sum, top-1 hits
+        self.images = 0
+        self.steps = 0
+
+    def add(self, loss, logits, labels):
+        hits = topk_hits(logits, labels, k=1)[0:1]
+        self.sums += mx.nd.concat(loss.sum(), hits, dim=0)
+        self.images += labels.shape[0]
+        self.steps += 1
+
+    def read(self, extra=None) -> np.ndarray:
+        """``[loss sum, top-1 hits, images, steps]`` (+ ``extra``, a device vector read in the
+        same transfer) as float64: the one blocking read of a window."""
+        device = self.sums if extra is None else mx.nd.concat(self.sums, extra, dim=0)
+        values = device.asnumpy().astype(np.float64)
+        return np.concatenate([values[:2], [self.images, self.steps], values[2:]])
+
+
+class RunningStatistics:
+    """The BatchNorm running means and variances of a network as one flat vector.
+
+    Each rank's statistics see only its own data; the loop averages them across ranks at every
+    log window, so that the ranks hold the same model whenever a checkpoint or an evaluation
+    can happen (the average of running averages is the running average of the averages, so
+    the cadence does not change the result beyond rounding).
+    """
+
+    def __init__(self, net):
+        self.params = [p for name, p in net.collect_params().items()
+                       if name.endswith(("running_mean", "running_var"))]
+        self.sizes = [int(np.prod(p.shape)) for p in self.params]
+
+    def vector(self):
+        """All statistics, flattened, as one float32 NDArray on their device."""
+        return mx.nd.concat(*[p.data().reshape((-1,)) for p in self.params], dim=0)
+
+    def assign(self, flat: np.ndarray):
+        """Set the statistics from a flat host vector (the order of :meth:`vector`)."""
+        offset = 0
+        for param, size in zip(self.params, self.sizes):
+            value = flat[offset:offset + size].reshape(param.shape).astype(np.float32)
+            param.set_data(mx.nd.array(value, ctx=param.data().context))
+            offset += size
