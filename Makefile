@@ -1,7 +1,7 @@
 # resnest_gluon: one-command set-up, demo and tests.
 #
 #   make demo    build/reuse the environment, then run the main job on built-in data
-#   make test    build/reuse the environment, then run the test suite
+#   make test    build/reuse the environment, then lint and run the test suite
 #
 # The virtual environment lives outside the clone, keyed by the pinned requirements, so a
 # second run (or a fresh clone on the same machine) spends seconds on set-up. Horovod is
@@ -19,12 +19,13 @@ PYTEST_ARGS ?=
 
 include Makefile.env
 
-.PHONY: all env demo test bench clean-env help
+.PHONY: all env demo test lint bench clean-env help
 all: help
 
 help:
 	@echo "make demo   - set up the environment and run the demo (see README)"
-	@echo "make test   - set up the environment and run the tests"
+	@echo "make test   - set up the environment, lint, and run the tests"
+	@echo "make lint   - only the linter (ruff, settings in ruff.toml)"
 	@echo "make env    - only set up the environment ($(VENV))"
 
 $(DEPS_STAMP):
@@ -56,7 +57,10 @@ env: $(DEPS_STAMP)
 demo: env
 	PATH=$(VENV)/bin:$$PATH $(VPY) scripts/demo.py --fresh
 
-test: env
+lint: env
+	$(VENV)/bin/ruff check .
+
+test: env lint
 	PATH=$(VENV)/bin:$$PATH $(VPY) -m pytest $(PYTEST_ARGS)
 
 clean-env:

@@ -24,10 +24,11 @@ setup(
         # The CUDA build replaces the CPU one: pip install resnest_gluon[cu112] then
         # pip uninstall mxnet (both provide the `mxnet` module).
         "cu112": ["mxnet-cu112==1.9.1"],
-        "onnx": ["onnx==1.15.0", "onnxruntime==1.19.2", "protobuf<4"],
+        "onnx": ["onnx==1.15.0", "onnxruntime==1.19.2", "protobuf>=4.21"],
         "dist": ["horovod==0.28.1"],
         "dev": ["gluoncv==0.10.5.post0", "scikit-learn==1.3.2", "scipy<1.12", "pandas<2.2",
-                "pytest>=7", "pytest-timeout", "onnx==1.15.0", "onnxruntime==1.19.2"],
+                "pytest>=7", "pytest-timeout", "ruff==0.17.6", "onnx==1.15.0",
+                "onnxruntime==1.19.2"],
     },
     entry_points={
         "console_scripts": [

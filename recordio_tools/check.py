@@ -16,9 +16,14 @@ import sys
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
-from resnest_gluon.data.recordio import (MissingIndexError, RecordFile, RecordFormatError,
-                                         resolve_shards, sha256_file, unpack_record)
-
+from resnest_gluon.data.recordio import (
+    MissingIndexError,
+    RecordFile,
+    RecordFormatError,
+    resolve_shards,
+    sha256_file,
+    unpack_record,
+)
 
 __all__ = ["check", "build_parser", "main", "find_manifest"]
 

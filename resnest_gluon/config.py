@@ -10,8 +10,7 @@ import difflib
 import hashlib
 import json
 import os
-from typing import (Any, Dict, List, Optional, Sequence, Union, get_args, get_origin,
-                    get_type_hints)
+from typing import Any, Dict, List, Optional, Sequence, Union, get_args, get_origin, get_type_hints
 
 import yaml
 

@@ -26,6 +26,7 @@ def photos():
 def write_image_tree(root, classes=3, per_class=5, size=(400, 300), seed=0):
     """ImageNet-style tree of real photo crops: root/c<k>/img<i>.jpg (different crops)."""
     import os
+
     from PIL import Image
     from sklearn.datasets import load_sample_images
     photos = load_sample_images().images
@@ -50,8 +51,9 @@ def photo_tree(tmp_path):
 def digits(tmp_path_factory):
     """96 training and 37 validation digits (32x32 RGB PNGs) packed as shards."""
     from PIL import Image
-    from recordio_tools.pack import pack
     from sklearn.datasets import load_digits
+
+    from recordio_tools.pack import pack
     folder = tmp_path_factory.mktemp("digits")
     data = load_digits()
     items = []

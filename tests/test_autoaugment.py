@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnest_gluon.data.autoaugment import (IMAGENET_POLICY, OPS, AutoAugment, apply_op,
-                                            magnitude_value)
+from resnest_gluon.data.autoaugment import (
+    IMAGENET_POLICY,
+    OPS,
+    AutoAugment,
+    apply_op,
+    magnitude_value,
+)
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,33 @@ from PIL import Image
 
 from recordio_tools.pack import pack
 from recordio_tools.sources import scan_tree
-from resnest_gluon.data import (BatchLoader, DataError, EvalTransform, MixConfig, Normalization,
-                                RecordWriter, ShardSet, TrainTransform, batches_per_epoch,
-                                eval_batches, pack_record, soft_targets, targets_for_batch,
-                                train_batches)
+from resnest_gluon.data import (
+    BatchLoader,
+    DataError,
+    EvalTransform,
+    MixConfig,
+    Normalization,
+    RecordWriter,
+    ShardSet,
+    TrainTransform,
+    batches_per_epoch,
+    eval_batches,
+    pack_record,
+    soft_targets,
+    targets_for_batch,
+    train_batches,
+)
+from resnest_gluon.data.transforms import (
+    GRAY,
+    PCA_EIGVAL,
+    PCA_EIGVEC,
+    apply_affine,
+    color_jitter_matrix,
+    random_resized_crop_box,
+)
 from resnest_gluon.models import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
 IMAGENET = Normalization(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB)
-from resnest_gluon.data.transforms import (GRAY, PCA_EIGVAL, PCA_EIGVEC, apply_affine,
-                                           color_jitter_matrix, random_resized_crop_box)
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5])

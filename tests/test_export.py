@@ -1,5 +1,6 @@
 """Hybridize, export for serving, and reduced precision."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ import pytest
 from resnest_gluon import get_model
 from resnest_gluon.export import export_symbol
 from resnest_gluon.models.precision import to_precision
+from resnest_gluon.peers import randomize_batchnorm
 
 
 def _net(name="resnest14", **kw):
@@ -53,13 +55,7 @@ def test_export_loads_in_plain_mxnet(tmp_path, photos):
 
 def test_fused_export_folds_batchnorm_and_matches(tmp_path, photos):
     # Non-trivial BatchNorm statistics, so that folding them into the convolutions matters.
-    net = _net("resnest50_fast_2s2x40d", dropblock_prob=0.1)
-    rng = np.random.RandomState(0)
-    for name, p in net.collect_params().items():
-        if name.endswith(("running_mean", "beta")):
-            p.set_data(mx.nd.array(rng.normal(0, 0.1, p.shape)))
-        elif name.endswith(("running_var", "gamma")):
-            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
+    net = randomize_batchnorm(_net("resnest50_fast_2s2x40d", dropblock_prob=0.1), seed=0)
     expected = net(photos).asnumpy()
     result = export_symbol(net, str(tmp_path / "fused"), input_size=64, batch_size=4,
                            sample=photos, fuse=True)
@@ -115,3 +111,36 @@ def test_bfloat16_amp_on_cpu_close_to_float32(photos):
 def test_unknown_precision():
     with pytest.raises(ValueError, match="dtype"):
         to_precision(_net(), "int8")
+
+
+@pytest.mark.parametrize("config_file,size,ratio", [("resnest101.yaml", 256, 0.875),
+                                                    ("resnest200.yaml", 320, 320 / 352),
+                                                    ("resnest269.yaml", 416, 416 / 448)])
+def test_onnx_export_is_made_at_the_models_eval_size(tmp_path, config_file, size, ratio):
+    # The shipped config's model and train size, without its explicit eval size, and with one
+    # block per stage to keep the test small: the size comes from the model's spec.
+    import onnx
+    import yaml
+
+    from resnest_gluon.config import load_config
+    from resnest_gluon.training.setup import build_network
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shipped = load_config(os.path.join(root, "configs", config_file))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "model": {"name": shipped.model.name, "overrides": {"layers": [1, 1, 1, 1]}},
+        "data": {"num_classes": 10, "input_size": shipped.data.input_size}}))
+    config = load_config(str(tmp_path / "c.yaml"))
+    net = build_network(config)
+    net.initialize(mx.init.Xavier(magnitude=2.0))
+    net.save_parameters(str(tmp_path / "w.params"))
+    done = subprocess.run([sys.executable, os.path.join(root, "scripts", "export.py"), "--config",
+                           str(tmp_path / "c.yaml"), "--params", str(tmp_path / "w.params"),
+                           "--output", str(tmp_path / "m"), "--onnx"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, size, size]
+    meta = json.loads((tmp_path / "m-meta.json").read_text())
+    assert (meta["model"], meta["size"], meta["num_classes"]) == (shipped.model.name, size, 10)
+    assert meta["crop_ratio"] == pytest.approx(ratio)

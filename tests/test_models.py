@@ -7,20 +7,10 @@ from mxnet import autograd
 
 from resnest_gluon import get_model, list_models
 from resnest_gluon.models import count_flops, count_params, get_spec, stage_shapes
+from resnest_gluon.peers import gluoncv_twin
 
 ALL = list_models()
 FAST = [n for n in ALL if n.startswith("resnest50_fast")]
-
-
-def gluoncv_twin(name, classes=1000):
-    """gluoncv's ResNeSt class built with the same spec (the reference implementation)."""
-    from gluoncv.model_zoo.resnest import Bottleneck, ResNeSt
-    s = get_spec(name)
-    return ResNeSt(Bottleneck, list(s.layers), radix=max(s.radix, 1),
-                   cardinality=s.cardinality, bottleneck_width=s.bottleneck_width,
-                   deep_stem=s.deep_stem, stem_width=s.stem_width, avg_down=s.avg_down,
-                   avd=s.avd, avd_first=s.avd_first, use_splat=s.radix > 0,
-                   final_drop=s.final_drop, classes=classes, name_prefix="resnest_")
 
 
 def test_zoo_names():
@@ -60,7 +50,7 @@ def test_param_counts_equal_reference_and_published(name):
 
 
 def test_fast_variant_counts_equal_authors_code():
-    # DESIGN.md section 5: the authors' architecture code gives these (BN statistics included).
+    # docs/reference.md: the authors' architecture code gives these (BN statistics included).
     authors = [26.27, 27.55, 32.00, 26.01, 27.01, 30.51, 25.74]
     ours = [round(count_params(get_model(n)) / 1e6, 2) for n in FAST]
     assert ours == authors
@@ -158,3 +148,29 @@ def test_other_input_channels():
     net = get_model("resnest14", in_channels=1, classes=10)
     net.initialize()
     assert net(mx.nd.zeros((2, 1, 32, 32))).shape == (2, 10)
+
+
+def test_eval_settings_one_rule():
+    from resnest_gluon.models import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, resolve_eval_settings
+    resolve = resolve_eval_settings
+    # the published evaluation of each depth
+    assert (resolve("resnest50").size, resolve("resnest50").crop_ratio) == (224, 0.875)
+    assert (resolve("resnest101").size, resolve("resnest101").crop_ratio) == (256, 0.875)
+    assert resolve("resnest200").size == 320
+    assert resolve("resnest200").crop_ratio == pytest.approx(320 / 352)
+    assert resolve("resnest269", train_size=320).size == 416
+    assert resolve("resnest269").crop_ratio == pytest.approx(416 / 448)
+    # trained at another size: evaluated at that size
+    assert resolve("resnest269", train_size=224).size == 224
+    assert (resolve("resnest14", train_size=32).size, resolve("resnest14", train_size=32)
+            .crop_ratio) == (32, 0.875)
+    # explicit choices win; the crop ratio follows an explicit size
+    explicit = resolve("resnest101", size=300, crop_ratio=0.9, interpolation="bilinear")
+    assert (explicit.size, explicit.crop_ratio, explicit.interpolation) == (300, 0.9, "bilinear")
+    assert resolve("resnest101", size=320).crop_ratio == pytest.approx(320 / 352)
+    settings = resolve("resnest50")
+    assert settings.interpolation == "bicubic"
+    assert (settings.mean, settings.std) == (IMAGENET_MEAN_RGB, IMAGENET_STD_RGB)
+    assert settings.to_dict()["mean"] == list(IMAGENET_MEAN_RGB)
+    with pytest.raises(ValueError, match="unknown model"):
+        resolve("resnest15")

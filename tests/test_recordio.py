@@ -13,9 +13,17 @@ from recordio_tools import check as check_mod
 from recordio_tools.__main__ import main as tools_main
 from recordio_tools.pack import pack
 from recordio_tools.sources import read_classes, scan_tree
-from resnest_gluon.data.recordio import (MAGIC, MissingIndexError, RecordFile, RecordWriter,
-                                         ShardSet, pack_record, rebuild_index, resolve_shards,
-                                         unpack_record)
+from resnest_gluon.data.recordio import (
+    MAGIC,
+    MissingIndexError,
+    RecordFile,
+    RecordWriter,
+    ShardSet,
+    pack_record,
+    rebuild_index,
+    resolve_shards,
+    unpack_record,
+)
 
 
 def _pack_tree(tree, prefix, **kw):
@@ -32,7 +40,7 @@ def test_pack_check_read_round_trip_on_real_photos(photo_tree, tmp_path):
     shards = ShardSet(prefix)
     assert len(shards) == 15 and shards.shard_sizes() == [3, 4, 4, 4]
     # every record holds the original file's bytes (no re-encode) and its label
-    lst = {int(l.split("\t")[0]): l.rstrip("\n").split("\t") for l in open(prefix + ".lst")}
+    lst = {int(row.split("\t")[0]): row.rstrip("\n").split("\t") for row in open(prefix + ".lst")}
     seen = set()
     for index in range(len(shards)):
         header, image = unpack_record(shards.read(index))

@@ -8,12 +8,23 @@ import pytest
 from resnest_gluon.commands import scaling as command
 from resnest_gluon.config import load_config
 from resnest_gluon.models import count_flops, count_params, get_model
-from resnest_gluon.training.scaling import (DEPTHS, PUBLISHED_RESNET50, RECIPE_BATCH,
-                                            ModelInputs, Scenario, allreduce_seconds,
-                                            exposed_seconds, fused_buffers, gradient_bytes,
-                                            model_inputs, nccl_ring_latency_seconds,
-                                            resnet50_v15, ring_allreduce_seconds,
-                                            scaling_efficiency, timm_ratio)
+from resnest_gluon.training.scaling import (
+    DEPTHS,
+    PUBLISHED_RESNET50,
+    RECIPE_BATCH,
+    ModelInputs,
+    Scenario,
+    allreduce_seconds,
+    exposed_seconds,
+    fused_buffers,
+    gradient_bytes,
+    model_inputs,
+    nccl_ring_latency_seconds,
+    resnet50_v15,
+    ring_allreduce_seconds,
+    scaling_efficiency,
+    timm_ratio,
+)
 
 # A made-up network for the pure-formula tests: 25M gradient values in 200 arrays.
 TOY = ModelInputs("toy", batch=64, crop=224, trainable_params=25_000_000, tensors=200,

@@ -5,21 +5,12 @@ import pytest
 
 from resnest_gluon import get_model
 from resnest_gluon.models.convert import WeightsMismatchError
+from resnest_gluon.peers import gluoncv_twin, randomize_batchnorm
 
 
 def _randomise(net, seed):
     """Random weights and BN statistics that keep activations O(1) through deep nets."""
-    rng = np.random.RandomState(seed)
-    net.initialize(mx.init.Xavier(magnitude=2.0))
-    for name, p in net.collect_params().items():
-        if name.endswith("running_var"):
-            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
-        elif name.endswith("running_mean"):
-            p.set_data(mx.nd.array(rng.normal(0, 0.1, p.shape)))
-        elif name.endswith("gamma"):
-            p.set_data(mx.nd.array(rng.uniform(0.2, 0.6, p.shape)))
-        elif name.endswith("beta"):
-            p.set_data(mx.nd.array(rng.normal(0, 0.1, p.shape)))
+    return randomize_batchnorm(net, seed, gamma=(0.2, 0.6))
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +105,6 @@ def test_gradients_equal_reference_implementation(photos, name):
     gluoncv's within a relative 1e-3, or, where float32 itself is not that exact for this
     deep net on 4 images, are at least as close to a float64 run of gluoncv as gluoncv's own
     float32 gradients are."""
-    from test_models import gluoncv_twin
     ref = gluoncv_twin(name, classes=10)
     _randomise(ref, 7)
     weights = {k: p.data().copy() for k, p in ref._collect_params_with_prefix().items()}

@@ -13,8 +13,17 @@ config they all share; three steps fill a work directory::
 Imports ``config``, ``models`` and ``training``; speed is measured by a callable the caller
 passes (the command passes the model benchmark's), so nothing here imports ``commands``.
 """
-from .grid import (Grid, GridError, LaunchSettings, Point, SpeedSettings, base_config,
-                   load_grid, point_config, point_tree)
+from .grid import (
+                   Grid,
+                   GridError,
+                   LaunchSettings,
+                   Point,
+                   SpeedSettings,
+                   base_config,
+                   load_grid,
+                   point_config,
+                   point_tree,
+)
 from .report import REPORT_COLUMNS, collect, summary_table, write_report
 from .runs import point_progress, summarize, train_command, train_points
 

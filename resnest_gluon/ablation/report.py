@@ -12,8 +12,8 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..models import count_flops, count_params
-from ..training.setup import build_network
 from ..training.metrics import pyplot, save_figure
+from ..training.setup import build_network
 from .grid import Grid, point_config
 from .runs import cost_key, point_progress, read_json
 

@@ -23,8 +23,8 @@ import yaml
 
 from .. import config as cfg
 from ..models import count_flops, count_params
-from ..training.setup import build_network
 from ..training.metrics import read_metrics
+from ..training.setup import build_network
 from .grid import Grid, GridError, Point, point_config, point_tree
 
 __all__ = ["point_progress", "summarize", "train_command", "train_points", "cost_key",

@@ -21,8 +21,15 @@ import mxnet as mx
 import numpy as np
 from PIL import Image
 
-from ..data import (BatchLoader, EvalTransform, Normalization, ShardSet, TrainTransform,
-                    eval_batches, train_batches)
+from ..data import (
+    BatchLoader,
+    EvalTransform,
+    Normalization,
+    ShardSet,
+    TrainTransform,
+    eval_batches,
+    train_batches,
+)
 from ..data.autoaugment import AutoAugment
 from ..models import IMAGENET_MEAN_RGB as MEAN_RGB
 from ..models import IMAGENET_STD_RGB as STD_RGB
@@ -35,6 +42,7 @@ def make_shards(folder, count=400, size=(500, 375), quality=90, seed=0):
     """Write ``count`` ImageNet-like JPEGs (random crops of real photos) as 2 shards
     (``bench-*``, ours) and as one file (``reference-*``, for the reference pipelines)."""
     from sklearn.datasets import load_sample_images
+
     from recordio_tools.pack import pack
     photos = [Image.fromarray(p) for p in load_sample_images().images]
     rng = random.Random(seed)
@@ -207,7 +215,7 @@ def format_table(rows, cores):
     lines = ["| pipeline | recipe | workers | img/s |", "|---|---|---|---|"]
     lines += [f"| {p} | {m} | {w} | {r:.0f} |" for p, m, w, r in rows]
     best = {}
-    for p, m, w, r in rows:
+    for p, m, _, r in rows:
         best[(p.split(" ")[0], m)] = max(best.get((p.split(" ")[0], m), 0), r)
     lines.append("")
     for mode, ref in (("train+aa", "gluon"), ("train", "ImageRecordIter"),

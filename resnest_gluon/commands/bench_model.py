@@ -22,6 +22,7 @@ import time
 import mxnet as mx
 import numpy as np
 
+from ..peers import gluoncv_twin, randomize_batchnorm
 from . import setup_logging
 
 log = logging.getLogger("bench_model")
@@ -54,18 +55,10 @@ def build(impl, name, classes=1000, overrides=None):
     ``overrides`` changes architecture fields of the zoo spec (``radix``, ``cardinality``,
     ``bottleneck_width``, ...), as ``model.overrides`` does in a config.
     """
-    import dataclasses
-    from ..models import get_model, get_spec
-    overrides = dict(overrides or {})
     if impl == "ours":
-        return get_model(name, classes=classes, **overrides)
-    from gluoncv.model_zoo.resnest import Bottleneck, ResNeSt
-    s = dataclasses.replace(get_spec(name), **overrides)
-    return ResNeSt(Bottleneck, list(s.layers), radix=max(s.radix, 1), cardinality=s.cardinality,
-                   bottleneck_width=s.bottleneck_width, deep_stem=s.deep_stem,
-                   stem_width=s.stem_width, avg_down=s.avg_down, avd=s.avd,
-                   avd_first=s.avd_first, use_splat=s.radix > 0, final_drop=s.final_drop,
-                   classes=classes, name_prefix="resnest_")
+        from ..models import get_model
+        return get_model(name, classes=classes, **dict(overrides or {}))
+    return gluoncv_twin(name, classes, overrides)
 
 
 MODES = ("infer", "train")
@@ -77,15 +70,7 @@ def _seeded_network(impl, name, overrides):
     """The network with seeded weights and non-trivial BatchNorm statistics (so that the
     serving paths' folding of BatchNorm is exercised when their logits are compared)."""
     mx.random.seed(0)
-    net = build(impl, name, overrides=overrides)
-    net.initialize(mx.init.Xavier())
-    rng = np.random.RandomState(0)
-    for pname, param in net.collect_params().items():
-        if pname.endswith(("running_mean", "beta")):
-            param.set_data(mx.nd.array(rng.normal(0, 0.1, param.shape)))
-        elif pname.endswith(("running_var", "gamma")):
-            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)))
-    return net
+    return randomize_batchnorm(build(impl, name, overrides=overrides), seed=0, magnitude=3.0)
 
 
 def _time(step, repeats, warmup):
@@ -145,6 +130,7 @@ def measure(impl, name, mode, batch, size, repeats, warmup=2, overrides=None,
         Inference modes save the logits of the (seeded) network on the (seeded) batch here.
     """
     import tempfile
+
     from mxnet import autograd, gluon
     mx.random.seed(1)
     x = mx.nd.random.uniform(shape=(batch, 3, size, size))
@@ -201,6 +187,7 @@ def run(names, batch=32, size=224, repeats=5, serving=False):
     inference paths, the max abs difference of their logits from the float32 network's.
     """
     import tempfile
+
     from ..models import count_flops, get_model
     peak = sgemm_gflops()
     log.info("sgemm: %.0f GFLOP/s", peak)

@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     if args.workers > 1 and os.path.exists(horovodrun):
         train = [horovodrun, "-np", str(args.workers), "-H", f"localhost:{args.workers}"] + train
     output, seconds = _run("training", train)
-    lines = [l.split("INFO ")[-1] for l in output.splitlines() if "val top-1" in l
-             or "finished at" in l or "resumed from" in l]
+    lines = [line.split("INFO ")[-1] for line in output.splitlines() if "val top-1" in line
+             or "finished at" in line or "resumed from" in line]
     for line in lines:
         print("    " + line.split("resnest_gluon.training.loop: ")[-1].split("train: ")[-1])
     print(f"    training took {seconds:.0f} s")

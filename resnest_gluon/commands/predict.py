@@ -15,7 +15,7 @@ import numpy as np
 from ..data import EvalTransform, Normalization
 from ..data.recordio import RecordFormatError, read_classes_file
 from ..export import load_exported, metadata_path, read_export_metadata
-from ..models import EvalSettings, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, eval_crop_ratio
+from ..models import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, EvalSettings, eval_crop_ratio
 from . import setup_logging
 
 log = logging.getLogger("predict")
@@ -99,8 +99,8 @@ def main(argv=None) -> int:
         return 2
     for path, top in zip(args.images, results):
         if args.json:
-            print(json.dumps({"image": path, "top": [{"label": l, "name": n, "prob": p}
-                                                      for l, n, p in top]}))
+            print(json.dumps({"image": path, "top": [{"label": k, "name": n, "prob": p}
+                                                      for k, n, p in top]}))
         else:
             print(path + ": " + ", ".join(f"{n} ({p:.1%})" for _, n, p in top))
     return 0

@@ -9,9 +9,17 @@ import argparse
 import sys
 
 from ..config import DistConfig
-from ..training.scaling import (DEPTHS, PUBLISHED_RESNET50, Scenario, estimated_img_per_s,
-                                inputs_table, model_inputs, scaling_table, sources_text,
-                                speed_ratios)
+from ..training.scaling import (
+    DEPTHS,
+    PUBLISHED_RESNET50,
+    Scenario,
+    estimated_img_per_s,
+    inputs_table,
+    model_inputs,
+    scaling_table,
+    sources_text,
+    speed_ratios,
+)
 from . import setup_logging
 
 

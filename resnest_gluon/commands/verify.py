@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 
-
 from ..data import ShardSet
 from ..data.loader import DataError
 from ..data.recordio import MissingIndexError, RecordFormatError

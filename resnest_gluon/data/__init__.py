@@ -6,11 +6,20 @@ from .loader import BatchLoader, DataError, augmentation_rng
 from .mix import MixConfig, mixup, soft_targets, targets_for_batch
 from .normalize import Normalization
 from .partition import batches_per_epoch, eval_batches, train_batches
-from .recordio import (MissingIndexError, RecordFile, RecordFormatError, RecordWriter, ShardSet,
-                       pack_record, resolve_shards, unpack_record)
+from .recordio import (
+                       MissingIndexError,
+                       RecordFile,
+                       RecordFormatError,
+                       RecordWriter,
+                       ShardSet,
+                       pack_record,
+                       resolve_shards,
+                       unpack_record,
+)
 from .transforms import EvalTransform, TrainTransform
 
-__all__ = ["BatchLoader", "DataError", "augmentation_rng", "Normalization", "MixConfig", "mixup", "soft_targets",
-           "targets_for_batch", "batches_per_epoch", "eval_batches", "train_batches",
-           "MissingIndexError", "RecordFile", "RecordFormatError", "RecordWriter", "ShardSet",
-           "pack_record", "resolve_shards", "unpack_record", "EvalTransform", "TrainTransform"]
+__all__ = ["BatchLoader", "DataError", "augmentation_rng", "Normalization", "MixConfig", "mixup",
+           "soft_targets", "targets_for_batch", "batches_per_epoch", "eval_batches",
+           "train_batches", "MissingIndexError", "RecordFile", "RecordFormatError",
+           "RecordWriter", "ShardSet", "pack_record", "resolve_shards", "unpack_record",
+           "EvalTransform", "TrainTransform"]

@@ -11,8 +11,16 @@ from .flops import count_flops, count_params, stage_shapes
 from .preprocess import EvalSettings, resolve_eval_settings
 from .resnest import Bottleneck, ResNeSt
 from .splat import SplitAttentionConv
-from .zoo import (IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, MODEL_SPECS, ModelSpec, eval_crop_ratio,
-                  get_model, get_spec, list_models)
+from .zoo import (
+                  IMAGENET_MEAN_RGB,
+                  IMAGENET_STD_RGB,
+                  MODEL_SPECS,
+                  ModelSpec,
+                  eval_crop_ratio,
+                  get_model,
+                  get_spec,
+                  list_models,
+)
 
 __all__ = ["DropBlock", "get_dropblock_prob", "set_dropblock_prob", "count_flops",
            "count_params", "stage_shapes", "Bottleneck", "ResNeSt", "SplitAttentionConv",

@@ -1,6 +1,6 @@
 """DropBlock regularisation (Ghiasi et al., 2018) that stays correct after ``hybridize()``.
 
-This module owns :class:`DropBlock` and :func:`set_dropblock_prob`.
+This module owns :class:`DropBlock`, :func:`set_dropblock_prob` and :class:`SeededDropout`.
 
 Why it is written this way
 --------------------------
@@ -18,7 +18,7 @@ clears the cached graphs of the whole net so the new value takes effect on the n
 """
 from mxnet.gluon import nn
 
-__all__ = ["DropBlock", "set_dropblock_prob", "get_dropblock_prob"]
+__all__ = ["DropBlock", "set_dropblock_prob", "get_dropblock_prob", "SeededDropout"]
 
 
 class DropBlock(nn.HybridBlock):
@@ -122,3 +122,24 @@ def get_dropblock_prob(net) -> float:
     probs = []
     net.apply(lambda b: probs.append(b.drop_prob) if isinstance(b, DropBlock) else None)
     return max(probs, default=0.0)
+
+
+class SeededDropout(nn.HybridBlock):
+    """Dropout whose masks come from MXNet's seeded generators on every device.
+
+    On GPUs, Gluon's ``nn.Dropout`` runs cuDNN dropout, which keeps a generator state of its
+    own that ``mx.random.seed`` does not reset, so a resumed run would draw other masks;
+    ``cudnn_off=True`` uses the generators the training loop reseeds every step. On CPUs the
+    two are the same operator.
+    """
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        _check_prob(rate)
+        self.rate = float(rate)
+
+    def hybrid_forward(self, F, x):
+        return F.Dropout(x, p=self.rate, cudnn_off=True)
+
+    def __repr__(self):
+        return f"{self.__class__.__name__}(p={self.rate})"

@@ -22,8 +22,8 @@ def count_params(net, trainable_only: bool = False) -> int:
     net : Block
         The network (shapes must be known: built with ``in_channels`` everywhere, as ours are).
     trainable_only : bool
-        Leave out BatchNorm running statistics. The published ResNeSt counts (DESIGN.md
-        section 5, e.g. 27.5M for ResNeSt-50) include them, so the default does too.
+        Leave out BatchNorm running statistics. The published ResNeSt counts
+        (docs/reference.md, e.g. 27.5M for ResNeSt-50) include them, so the default does too.
     """
     return int(sum(np.prod(p.shape) for p in net.collect_params().values()
                    if not trainable_only or p.grad_req != "null"))

@@ -12,7 +12,7 @@ the 3x3 convolution).
 """
 from mxnet.gluon import nn
 
-from .dropblock import DropBlock
+from .dropblock import DropBlock, SeededDropout
 from .splat import SplitAttentionConv, attention_channels
 
 __all__ = ["Bottleneck", "ResNeSt", "check_architecture", "stage_geometry"]
@@ -244,7 +244,7 @@ class ResNeSt(nn.HybridBlock):
                                          dilation, avg_down, stage_drop, block_args)
                 setattr(self, f"layer{index}", stage)
                 channels = planes * EXPANSION
-            self.drop = nn.Dropout(final_drop) if final_drop > 0 else None
+            self.drop = SeededDropout(final_drop) if final_drop > 0 else None
             self.fc = nn.Dense(classes, in_units=channels)
 
     @staticmethod

@@ -15,6 +15,8 @@ channels permuted (``tests/test_splat.py`` checks it against a naive NumPy versi
 """
 from mxnet.gluon import nn
 
+from .dropblock import SeededDropout
+
 __all__ = ["SplitAttentionConv", "attention_channels"]
 
 
@@ -33,8 +35,8 @@ def _scale_rows(F, rows, weights, like):
     ``rows`` is the (N*C, 1, HW) view of ``like``; ``weights`` holds its N*C weights. Written
     as a batched (1 x 1) @ (1 x HW) product rather than ``broadcast_mul``: the result is the
     same (one multiplication per element), but ``broadcast_mul``'s backward pass goes through
-    MXNet's generic reduction kernels and cost 10x its forward pass (20% of a ResNeSt-50
-    training step), while batch_dot's backward is two more small products. Only ``rows``
+    MXNet's generic reduction kernels, about ten times its forward pass, while batch_dot's
+    backward is two more small products (docs/benchmarks.md). Only ``rows``
     (a view of x, which the ReLU keeps anyway) and the weights are kept for the backward pass.
     """
     scaled = F.batch_dot(F.reshape(weights, (-1, 1, 1)), rows)     # (N*C, 1, HW)
@@ -48,10 +50,9 @@ def _plain_layout_gradient(F, summed):
     gradient in a oneDNN blocked layout. ``add_n``'s gradient passes that array on once per
     split, and ``split``'s gradient (a plain-layout kernel) then converts every copy into a
     temporary buffer of its own: one split-sized buffer per block more than gluoncv's
-    ``sum``, whose single broadcast converts once (1.02x gluoncv's peak training memory for
-    ResNeSt-50, 1.07x at radix 4). ``expand_dims`` + ``squeeze`` are free views in the
-    forward pass and plain-layout kernels in the backward pass, so the conversion happens
-    once, here, before the gradient fans out (docs/memory.md has the measurements).
+    ``sum``, whose single broadcast converts once. ``expand_dims`` + ``squeeze`` are free
+    views in the forward pass and plain-layout kernels in the backward pass, so the conversion
+    happens once, here, before the gradient fans out (docs/memory.md has the measurements).
     """
     return F.squeeze(F.expand_dims(summed, axis=0), axis=0)
 
@@ -102,7 +103,7 @@ class SplitAttentionConv(nn.HybridBlock):
         self.bn = nn.BatchNorm(in_channels=channels * radix, **norm_kwargs)
         self.fc1 = nn.Conv2D(inter_channels, 1, in_channels=channels, groups=cardinality)
         self.bn1 = nn.BatchNorm(in_channels=inter_channels, **norm_kwargs)
-        self.drop = nn.Dropout(attention_dropout) if attention_dropout > 0 else None
+        self.drop = SeededDropout(attention_dropout) if attention_dropout > 0 else None
         self.fc2 = nn.Conv2D(channels * radix, 1, in_channels=inter_channels,
                              groups=cardinality)
 
@@ -110,8 +111,8 @@ class SplitAttentionConv(nn.HybridBlock):
         x = F.Activation(self.bn(self.conv(x)), act_type="relu")
         radix, channels = self.radix, self.channels
         # One (N*R*C, 1, HW) view of x serves both the context and the weighting, so x is
-        # never copied into splits (split copies of x stayed alive for the backward pass:
-        # 1.2x gluoncv's training memory). Only the weighted result is split, for the sum.
+        # never copied into splits (split copies would stay alive for the backward pass).
+        # Only the weighted result is split, for the sum.
         # (two reshapes with codes 0/-1 only: the ONNX exporter cannot translate code -3)
         rows = F.reshape(F.reshape(x, (0, 0, -1)), (-1, 1, 0))
         # Context: the spatial mean of the sum of the splits = the sum over the splits of
@@ -133,7 +134,7 @@ class SplitAttentionConv(nn.HybridBlock):
         att = F.swapaxes(F.softmax(att, axis=2), 1, 2)
         weighted = _scale_rows(F, rows, att, x)
         # split + add_n, not a sum over a radix axis: MXNet's CPU reduction over a middle
-        # axis is several times slower than these copies (it was 54% of inference time).
+        # axis is several times slower than these copies (docs/benchmarks.md).
         summed = F.add_n(*F.split(weighted, num_outputs=radix, axis=1))
         return _plain_layout_gradient(F, summed)
 

@@ -127,7 +127,7 @@ class CheckpointManager:
 
         Damaged newer checkpoints are reported and skipped.
         """
-        for step, name in self._steps():
+        for _, name in self._steps():
             folder = os.path.join(self.folder, name)
             try:
                 return folder, self.verify(folder)

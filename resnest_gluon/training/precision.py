@@ -57,7 +57,7 @@ class AMPPrecision(Precision):
         return self.name == "float16"
 
     def prepare(self):
-        from mxnet.contrib import amp   # imported here: AMP patches MXNet's operators
+        from mxnet.contrib import amp  # imported here: AMP patches MXNet's operators
         amp.init(target_dtype=self.name)
 
     def hybridize(self, net):

@@ -33,7 +33,7 @@ __all__ = ["RECIPE_BATCH", "DEPTHS", "GpuReference", "PUBLISHED_RESNET50", "TIMM
 
 MIB = 2 ** 20
 
-# DESIGN.md section 5 (and configs/resnest*.yaml, train.batch_size): images per GPU per step.
+# docs/reference.md (and configs/resnest*.yaml, train.batch_size): images per GPU per step.
 RECIPE_BATCH: Mapping[str, int] = types.MappingProxyType(
     {"resnest14": 128, "resnest26": 128, "resnest50": 128, "resnest101": 64, "resnest200": 32,
      "resnest269": 32})

@@ -13,8 +13,15 @@ import mxnet as mx
 from mxnet import gluon
 
 from .. import config as cfg
-from ..data import (BatchLoader, MixConfig, Normalization, ShardSet, TrainTransform,
-                    batches_per_epoch, train_batches)
+from ..data import (
+    BatchLoader,
+    MixConfig,
+    Normalization,
+    ShardSet,
+    TrainTransform,
+    batches_per_epoch,
+    train_batches,
+)
 from ..models import EvalSettings, get_model, get_spec, resolve_eval_settings
 from .checkpoint import CheckpointManager
 from .ema import ParameterEMA

@@ -5,8 +5,8 @@ This module owns :func:`train_step` (schedules, seeds, mixup, forward, backward,
 (BatchNorm statistics as one flat vector, to average across ranks). Nothing here reads a value
 back to the host except :meth:`WindowMeter.read`, which the loop calls once per log window.
 """
-import numpy as np
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon
 
 from ..data import targets_for_batch
