@@ -124,6 +124,9 @@ def test_corrupt_newest_checkpoint_falls_back(digits, tmp_path, caplog):
 def test_nan_loss_stops_naming_its_window_and_keeps_the_last_checkpoint(digits, tmp_path):
     fit(load_config(None, tiny(digits, "train.max_steps=6")), str(tmp_path))
     assert newest_meta(tmp_path)["global_step"] == 6
+    # relaunched with the same limit: nothing more to do
+    summary = fit(load_config(None, tiny(digits, "train.max_steps=6")), str(tmp_path))
+    assert (summary["status"], summary["global_step"]) == ("max_steps", 6)
     # the same run, relaunched with an absurd learning rate
     run = train_cli(tmp_path, tiny(digits, "optim.lr=1e12", "optim.warmup_epochs=0",
                                    "train.epochs=3", "train.log_every=4"))

@@ -1,5 +1,7 @@
 """Pieces the command-line tools share: the network from a name or config + weights, and its
 evaluation settings."""
+import argparse
+
 from ..config import load_config
 from ..models import EvalSettings, get_model, resolve_eval_settings
 from ..training.setup import build_network, eval_settings
@@ -17,12 +19,28 @@ def add_model_arguments(parser, params_required=True):
                         help="classes (default: the config's, else 1000)")
 
 
+def input_size_type(text):
+    """argparse type of an input size: an integer >= 32."""
+    value = int(text)
+    if value < 32:
+        raise argparse.ArgumentTypeError(f"{value} is below 32 (the network downsamples 32x)")
+    return value
+
+
+def crop_ratio_type(text):
+    """argparse type of a crop ratio: a number in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not in (0, 1]")
+    return value
+
+
 def add_eval_arguments(parser):
     """``--size`` / ``--crop-ratio`` / ``--interpolation``: overrides of the resolved settings."""
-    parser.add_argument("--size", type=int, default=None,
+    parser.add_argument("--size", type=input_size_type, default=None,
                         help="input size (default: the config's eval size, else the model's; "
                              "e.g. 256 for resnest101, 320 for resnest200, 416 for resnest269)")
-    parser.add_argument("--crop-ratio", type=float, default=None,
+    parser.add_argument("--crop-ratio", type=crop_ratio_type, default=None,
                         help="centre crop / resized shorter side (default: the config's, else "
                              "0.875 below 320 px and size/(size+32) from 320)")
     parser.add_argument("--interpolation", default=None,

@@ -17,6 +17,7 @@ from ..data.recordio import RecordFormatError, read_classes_file
 from ..export import load_exported, metadata_path, read_export_metadata
 from ..models import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, EvalSettings, eval_crop_ratio
 from . import setup_logging
+from .common import crop_ratio_type, input_size_type
 
 log = logging.getLogger("predict")
 
@@ -68,10 +69,10 @@ def build_parser():
                              "PREFIX-meta.json)")
     parser.add_argument("--classes", help="classes file written by the packer (default: the "
                                           "names recorded in the export)")
-    parser.add_argument("--size", type=int, default=None,
+    parser.add_argument("--size", type=input_size_type, default=None,
                         help="input size; only needed for exports without PREFIX-meta.json, "
                              "and must match it otherwise")
-    parser.add_argument("--crop-ratio", type=float, default=None,
+    parser.add_argument("--crop-ratio", type=crop_ratio_type, default=None,
                         help="centre crop / resized shorter side (default: the export's)")
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="JSON lines output")

@@ -72,7 +72,9 @@ def fit(config: cfg.Config, workdir: str, dist=None, callbacks=()) -> dict:
         if run.rank0:
             cfg.dump_config(config, os.path.join(workdir, "config.yaml"))
         state = restore_state(run)
-        last_eval, status = None, "finished"
+        max_steps = config.train.max_steps
+        last_eval = None
+        status = "max_steps" if max_steps and state.global_step >= max_steps else "finished"
         with Watchdog(config.train.stall_timeout) as watchdog, \
                 Callbacks(default_callbacks(run) + list(callbacks)) as hooks:
             hooks("on_start", run, state)

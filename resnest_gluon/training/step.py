@@ -102,9 +102,12 @@ class RunningStatistics:
         return mx.nd.concat(*[p.data().reshape((-1,)) for p in self.params], dim=0)
 
     def assign(self, flat: np.ndarray):
-        """Set the statistics from a flat host vector (the order of :meth:`vector`)."""
+        """Set the statistics from a flat host vector (the order of :meth:`vector`): one
+        upload, then copies on the device."""
+        if not self.params:
+            return
+        values = mx.nd.array(flat, ctx=self.params[0].data().context, dtype="float32")
         offset = 0
         for param, size in zip(self.params, self.sizes):
-            value = flat[offset:offset + size].reshape(param.shape).astype(np.float32)
-            param.set_data(mx.nd.array(value, ctx=param.data().context))
+            param.set_data(values[offset:offset + size].reshape(param.shape))
             offset += size
