@@ -45,8 +45,8 @@ def launch(workdir, digits, workers):
                str(workdir), *recipe(digits)]
     if workers > 1:
         command = [HOROVODRUN, "-np", str(workers), "-H", f"localhost:{workers}"] + command
-    log = open(f"{workdir}.log", "a")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    with open(f"{workdir}.log", "a") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
 def output(workdir):
@@ -69,17 +69,27 @@ def logged_steps(workdir):
 
 
 def training_pids(workdir):
-    """PIDs of the training processes (and their loader workers) of ``workdir``."""
+    """PIDs of the Python training processes (and their loader workers) of ``workdir``: not
+    horovodrun, nor the shells it starts them with."""
     found = []
     for pid in os.listdir("/proc"):
         try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = handle.read().decode(errors="replace").split("\0")
         except (OSError, ValueError):
             continue
-        if "scripts/train.py" in cmdline and str(workdir) in cmdline \
-                and "horovodrun" not in cmdline:
+        if argv[0] == sys.executable and len(argv) > 1 and argv[1].endswith("scripts/train.py") \
+                and str(workdir) in argv:
             found.append(int(pid))
     return found
+
+
+def signal_all(pids, signum):
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:   # a loader worker that has just finished
+            pass
 
 
 def newest_meta(workdir):
@@ -124,9 +134,10 @@ def test_sigterm_mid_epoch_then_relaunch_replays_the_run_exactly(digits, referen
     workdir = tmp_path / "run"
     job = launch(workdir, digits, workers)
     wait_for(lambda: "steps/epoch" in output(workdir), "the start of training")
-    # Alone: the training process gets the signal. Under horovodrun: the launcher, which
-    # passes SIGTERM on to the ranks (and kills them 5 s later).
-    os.kill(job.pid, signal.SIGTERM)
+    # what a scheduler does: every training process gets the signal (loader workers ignore it)
+    pids = training_pids(workdir)
+    assert len(pids) >= workers
+    signal_all(pids, signal.SIGTERM)
     assert job.wait(timeout=300) == 0, output(workdir)[-3000:]
     assert "stop requested at step" in output(workdir)
     meta = newest_meta(workdir)
@@ -149,8 +160,7 @@ def test_kill_9_after_a_checkpoint_then_relaunch_replays_the_run_exactly(digits,
     # past the first epoch's checkpoint, with steps logged after it
     wait_for(lambda: any(s > steps_per_epoch for s in logged_steps(workdir)),
              "a logged step after the first checkpoint")
-    for pid in training_pids(workdir):
-        os.kill(pid, signal.SIGKILL)
+    signal_all(training_pids(workdir), signal.SIGKILL)
     job.wait(timeout=120)
     saved = newest_meta(workdir)["global_step"]
     assert saved % steps_per_epoch == 0 and saved < 3 * steps_per_epoch

@@ -121,6 +121,21 @@ def test_corrupt_newest_checkpoint_falls_back(digits, tmp_path, caplog):
     assert summary["global_step"] == 18
 
 
+def test_max_steps_at_the_end_of_an_epoch_ends_the_epoch_first(digits, tmp_path):
+    summary = fit(load_config(None, tiny(digits, "train.max_steps=6")), str(tmp_path))
+    assert (summary["status"], summary["global_step"]) == ("max_steps", 6)
+    assert summary["last_eval"]["images"] == 37            # the epoch was evaluated
+    meta = newest_meta(tmp_path)
+    assert (meta["epoch"], meta["batch"], meta["global_step"]) == (1, 0, 6)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-00000006"]
+    # a limit at the very end is just the end of the run
+    summary = fit(load_config(None, tiny(digits, "train.max_steps=18")), str(tmp_path))
+    assert (summary["status"], summary["global_step"]) == ("finished", 18)
+    assert os.path.exists(tmp_path / "final.params")
+    epochs = [r for r in read_metrics(str(tmp_path / "metrics.jsonl")) if r["kind"] == "epoch"]
+    assert [r["step"] for r in epochs] == [6, 12, 18]
+
+
 def test_nan_loss_stops_naming_its_window_and_keeps_the_last_checkpoint(digits, tmp_path):
     fit(load_config(None, tiny(digits, "train.max_steps=6")), str(tmp_path))
     assert newest_meta(tmp_path)["global_step"] == 6
@@ -141,6 +156,15 @@ def test_nan_loss_stops_naming_its_window_and_keeps_the_last_checkpoint(digits, 
     assert newest_meta(tmp_path)["global_step"] == 6
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-00000006"]
     assert not os.path.exists(tmp_path / "final.params")
+
+
+def test_resuming_another_model_is_one_clear_error_and_keeps_the_runs_config(digits, tmp_path):
+    fit(load_config(None, tiny(digits, "train.max_steps=2")), str(tmp_path))
+    run = train_cli(tmp_path, tiny(digits, "model.name=resnest26"))
+    output = run.communicate(timeout=300)[0]
+    assert run.returncode == 1, output[-3000:]
+    assert "cannot resume from the newest checkpoint in" in output and "Traceback" not in output
+    assert load_config(str(tmp_path / "config.yaml")).model.name == "resnest14"
 
 
 def test_config_errors_exit_2_naming_the_key(digits, tmp_path):
@@ -189,7 +213,9 @@ def test_verify_export_predict_on_a_trained_model(digits, tmp_path):
         ("resnest14", 10, 32, 1.0)
     assert meta["input_shape"] == [2, 3, 32, 32] and meta["interpolation"] == "bicubic"
     assert meta["class_names"] == [str(d) for d in range(10)]   # from train.classes.tsv
-    assert {"m.onnx", "m-symbol.json", "m-fused-symbol.json"} <= set(meta["files"])
+    assert set(meta["files"]) == {"m.onnx", "m-symbol.json", "m-0000.params"}
+    fused_meta = json.loads((tmp_path / "export" / "m-fused-meta.json").read_text())
+    assert fused_meta["size"] == 32 and "m-fused-symbol.json" in fused_meta["files"]
 
     def predict(*extra):
         return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "predict.py"),
@@ -271,12 +297,19 @@ def test_resume_with_another_number_of_workers(digits, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "steps per epoch changed 6 -> 3" in result.stdout + result.stderr
     meta = newest_meta(tmp_path)
-    assert (meta["epoch"], meta["world_size"], meta["global_step"]) == (3, 2, 9)
+    # the step counts updates on: 6 alone, then 2 epochs of 3
+    assert (meta["epoch"], meta["world_size"], meta["global_step"]) == (3, 2, 12)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == [
+        "step-00000006", "step-00000009", "step-00000012"]
     # the schedule continued from epoch 1 in the new units: warm-up done, cosine to the end
     schedule = Schedule(0.2 * 32 / 256, 3, 3, 1.0)
     assert meta["lr"] == pytest.approx(schedule(9))
-    epochs = [r for r in read_metrics(str(tmp_path / "metrics.jsonl")) if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [0, 1, 2]
+    records = read_metrics(str(tmp_path / "metrics.jsonl"))
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, 13))
+    assert [r["lr"] for r in steps[6:]] == pytest.approx([schedule(s) for s in range(3, 9)])
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [(r["epoch"], r["step"]) for r in epochs] == [(0, 6), (1, 9), (2, 12)]
     # DropBlock: 0.3 over 1 epoch first, then the 3-epoch ramp continues at epochs 2 and 3
     assert [round(r["dropblock_prob"], 4) for r in epochs] == [0.3, 0.2, 0.3]
 

@@ -3,6 +3,7 @@ evaluation settings."""
 import argparse
 
 from ..config import load_config
+from ..data.transforms import INTERPOLATIONS
 from ..models import EvalSettings, get_model, resolve_eval_settings
 from ..training.setup import build_network, eval_settings
 
@@ -43,7 +44,7 @@ def add_eval_arguments(parser):
     parser.add_argument("--crop-ratio", type=crop_ratio_type, default=None,
                         help="centre crop / resized shorter side (default: the config's, else "
                              "0.875 below 320 px and size/(size+32) from 320)")
-    parser.add_argument("--interpolation", default=None,
+    parser.add_argument("--interpolation", default=None, choices=sorted(INTERPOLATIONS),
                         help="resize filter (default: the model's, bicubic)")
 
 

@@ -15,7 +15,7 @@ import mxnet as mx
 import numpy as np
 
 from ..data.recordio import RecordFormatError, read_classes_file
-from ..export import export_onnx, export_symbol, write_export_metadata
+from ..export import export_onnx, export_symbol, metadata_path, write_export_metadata
 from ..models.convert import WeightsMismatchError
 from . import setup_logging
 from .common import add_eval_arguments, add_model_arguments, load_network, settings_from_args
@@ -68,8 +68,19 @@ def main(argv=None) -> int:
     if names is not None and len(names) != net.classes:
         log.error("the classes file lists %d classes, the model has %d", len(names), net.classes)
         return 2
+    name = config.model.name if config else args.model
+    for stale in (metadata_path(args.output), metadata_path(args.output + "-fused")):
+        if os.path.exists(stale):   # never leave metadata beside files it does not describe
+            os.remove(stale)
     shape = (args.batch_size, 3, settings.size, settings.size)
     sample = mx.nd.array(np.random.RandomState(0).normal(size=shape).astype("float32"))
+
+    def record(prefix, files):
+        path = write_export_metadata(prefix, name, net.classes, settings, args.batch_size, files,
+                                     names)
+        print(f"meta   {path} (input {settings.size}x{settings.size}, crop ratio "
+              f"{settings.crop_ratio:.3f}, {settings.interpolation})")
+
     result = export_symbol(net, args.output, settings.size, args.batch_size, sample=sample)
     files = [result.symbol_file, result.params_file]
     print(f"symbol {result.symbol_file}\nparams {result.params_file}\n"
@@ -77,18 +88,19 @@ def main(argv=None) -> int:
     if args.fuse:
         fused = export_symbol(net, args.output + "-fused", settings.size, args.batch_size,
                               sample=sample, fuse=True)
-        files += [fused.symbol_file, fused.params_file]
         print(f"fused  {fused.symbol_file}\nmax |fused - gluon| = {fused.max_abs_diff:.3g}")
+        record(args.output + "-fused", [fused.symbol_file, fused.params_file])
     if args.onnx:
-        diff = export_onnx(result.symbol_file, result.params_file, shape,
-                           args.output + ".onnx", sample)
+        try:
+            diff = export_onnx(result.symbol_file, result.params_file, shape,
+                               args.output + ".onnx", sample)
+        except RuntimeError as err:
+            record(args.output, files)
+            log.error("ONNX export failed: %s", err)
+            return 2
         files.append(args.output + ".onnx")
         print(f"onnx   {args.output}.onnx\nmax |onnxruntime - mxnet| = {diff:.3g}")
-    name = config.model.name if config else args.model
-    meta = write_export_metadata(args.output, name, net.classes, settings, args.batch_size,
-                                 files, names)
-    print(f"meta   {meta} (input {settings.size}x{settings.size}, crop ratio "
-          f"{settings.crop_ratio:.3f}, {settings.interpolation})")
+    record(args.output, files)
     return 0
 
 

@@ -50,6 +50,9 @@ def main(argv=None) -> int:
     except TrainingError as err:
         log.error("%s", err)
         return 1
+    except KeyboardInterrupt:
+        log.error("interrupted; relaunch to resume from the last checkpoint")
+        return 130
     if rank == 0:
         last = summary.get("last_eval") or {}
         log.info("%s at step %d%s; outputs in %s", summary["status"], summary["global_step"],

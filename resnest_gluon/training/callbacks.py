@@ -145,25 +145,34 @@ class CurvePlotter(Callback):
 
 class Checkpointer(Callback):
     """A checkpoint every ``train.checkpoint_every`` epochs, after the last one, and when the
-    run stops early."""
+    run stops early; never twice for the same step."""
+
+    def __init__(self):
+        self.saved_step = None
+
+    def on_start(self, run, state):
+        self.saved_step = state.restored_step if state.restored_step else None
 
     def on_epoch_end(self, run, state, record):
         every = run.config.train.checkpoint_every
         if state.epoch % every == 0 or state.epoch == run.config.train.epochs:
-            save_checkpoint(run, state)
+            self._save(run, state)
 
     def on_stop(self, run, state, status):
-        save_checkpoint(run, state)
-        log.info("%s at step %d; checkpoint saved, relaunch to resume",
-                 "stop requested" if status == "stopped" else "max_steps reached",
-                 state.global_step)
+        self._save(run, state)
+        if status == "stopped":
+            log.info("stop requested at step %d; checkpoint saved, relaunch to resume",
+                     state.global_step)
+        else:
+            log.info("max_steps reached at step %d, which has its checkpoint; raise "
+                     "train.max_steps and relaunch to go on", state.global_step)
 
-
-def save_checkpoint(run, state):
-    """Write the checkpoint of ``state`` (rank 0 writes; the others have the same values)."""
-    tic = time.time()
-    folder = run.checkpoints.save(run.net, run.trainer, run.checkpoint_meta(state), run.ema)
-    if folder:
+    def _save(self, run, state):
+        if state.global_step == self.saved_step:
+            return
+        tic = time.time()
+        run.checkpoints.save(run.net, run.trainer, run.checkpoint_meta(state), run.ema)
+        self.saved_step = state.global_step
         log.debug("checkpoint written in %.1f s", time.time() - tic)
 
 

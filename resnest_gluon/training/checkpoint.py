@@ -10,7 +10,7 @@ This module owns :class:`CheckpointManager`. Layout under the work directory::
     best.params, final.params                 the best and the last model (as evaluated)
 
 A checkpoint is written into a temporary folder and renamed into place, and its ``meta.json``
-holds the checksums of the other two files, so a checkpoint that is truncated or corrupted on
+holds the checksums of the other files, so a checkpoint that is truncated or corrupted on
 disk is detected at resume and the one before it is used. Only rank 0 writes.
 """
 import json
@@ -93,9 +93,13 @@ class CheckpointManager:
             json.dump(meta, handle, indent=1)
             handle.flush()
             os.fsync(handle.fileno())
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if os.path.exists(final):   # e.g. a damaged checkpoint of this step: set it aside first
+            stale = f"{tmp}.stale"
+            os.replace(final, stale)
+            os.replace(tmp, final)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
         self._rotate(meta.get("best_step"))
         log.info("checkpoint %s (epoch %d, batch %d)", final, meta["epoch"], meta["batch"])
         return final

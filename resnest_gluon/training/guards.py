@@ -29,9 +29,15 @@ class StopFlag:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            # A second Ctrl-C: the user does not want to wait (SIGTERM may come twice from a
+            # scheduler and its launcher, so only SIGINT escalates).
+            log.warning("second SIGINT: stopping now, without a checkpoint")
+            raise KeyboardInterrupt
         self.requested = True
         log.warning("received %s: stopping at the next log point (at most train.log_every "
-                    "steps), saving a checkpoint, then exiting", signal.Signals(signum).name)
+                    "steps), saving a checkpoint, then exiting (Ctrl-C again: at once)",
+                    signal.Signals(signum).name)
 
     def uninstall(self):
         for sig, handler in self._previous.items():

@@ -69,12 +69,10 @@ def fit(config: cfg.Config, workdir: str, dist=None, callbacks=()) -> dict:
     with StopFlag() as stop:   # from the start: a stop during set-up ends the first window
         dist = dist or init_distributed(config.dist, config.train.stall_timeout)
         run = setup_run(config, workdir, dist)
-        if run.rank0:
-            cfg.dump_config(config, os.path.join(workdir, "config.yaml"))
         state = restore_state(run)
-        max_steps = config.train.max_steps
-        last_eval = None
-        status = "max_steps" if max_steps and state.global_step >= max_steps else "finished"
+        if run.rank0:   # after the restore: a config that cannot resume leaves the old one
+            cfg.dump_config(config, os.path.join(workdir, "config.yaml"))
+        last_eval, status = None, _limit_reached(run, state) or "finished"
         with Watchdog(config.train.stall_timeout) as watchdog, \
                 Callbacks(default_callbacks(run) + list(callbacks)) as hooks:
             hooks("on_start", run, state)
@@ -84,14 +82,23 @@ def fit(config: cfg.Config, workdir: str, dist=None, callbacks=()) -> dict:
                 if status == "finished":
                     last_eval = end_of_epoch(run, state, hooks) or last_eval
                     watchdog.beat()
+                    status = _limit_reached(run, state) or status
             if status == "finished":
                 hooks("on_end", run, state, run.model_to_evaluate())
             else:
                 hooks("on_stop", run, state, status)
             dist.barrier()   # no rank leaves while another still needs a collective
     return {"status": status, "global_step": state.global_step, "epoch": state.epoch,
-            "lr": run.schedule(state.global_step), "last_eval": last_eval,
+            "lr": run.lr(state), "last_eval": last_eval,
             "best_top1": state.best_top1}
+
+
+def _limit_reached(run, state):
+    """``max_steps`` when ``train.max_steps`` updates are done and epochs remain."""
+    max_steps = run.config.train.max_steps
+    if max_steps and state.global_step >= max_steps and state.epoch < run.config.train.epochs:
+        return "max_steps"
+    return None
 
 
 def _log_start(run):
@@ -120,10 +127,10 @@ def train_one_epoch(run, state, hooks, stop: StopFlag, watchdog: Watchdog) -> st
     loader = run.train_loader(state)
     meter, statistics = WindowMeter(run.ctx), RunningStatistics(run.net)
     in_flight = collections.deque()
-    window_started = time.time()
+    window_started, status = time.time(), "finished"
     hooks("on_epoch_start", run, state)
     for data, labels in loader:
-        loss, logits = train_step(run, state.global_step, state.epoch, data, labels)
+        loss, logits = train_step(run, state, data, labels)
         meter.add(loss, logits, labels)
         state.advance()
         in_flight.append(loss)
@@ -137,13 +144,16 @@ def train_one_epoch(run, state, hooks, stop: StopFlag, watchdog: Watchdog) -> st
             hooks("on_log", run, state, record)
             window_started = time.time()
             if stop_requested:
-                return "stopped"
-            if state.global_step == run.config.train.max_steps:
-                return "max_steps"
+                status = "stopped"
+            elif state.global_step == run.config.train.max_steps:
+                # at the epoch's last step the epoch ends first (evaluation, checkpoint)
+                status = "max_steps" if state.batch_in_epoch < run.steps_per_epoch else status
+            if status != "finished":
+                break
     if loader.corrupt_count:
         log.warning("epoch %d: %d unreadable training records skipped", state.epoch + 1,
                     loader.corrupt_count)
-    return "finished"
+    return status
 
 
 def sync_window(run, state, meter: WindowMeter, statistics: RunningStatistics, stop: StopFlag,
@@ -163,22 +173,22 @@ def sync_window(run, state, meter: WindowMeter, statistics: RunningStatistics, s
     local = meter.read(statistics.vector() if many else None)
     local = [*local[:4], float(stop.requested), *local[4:]]
     total = dist.allreduce_sum(local, name="window")
-    loss, correct, images, steps, stops = total[:5]
+    loss, correct, images, _, stops = total[:5]
     first = state.global_step - meter.steps + 1
     if not math.isfinite(loss):
         raise TrainingError(
             f"the loss became NaN or infinite between steps {first} and {state.global_step} "
-            f"(epoch {state.epoch + 1}, lr up to {run.schedule(state.global_step - 1):.4g}); "
+            f"(epoch {state.epoch + 1}, lr up to {run.lr(state, before=1):.4g}); "
             f"stopping. The last good checkpoint is kept: lower optim.lr or check the data, "
             f"then relaunch to resume from it")
     if many:
         statistics.assign(total[5:] / dist.size)
-    state.epoch_sums.add(loss, correct, images, meter.steps)
+    state.epoch_sums.add(loss, correct, images)
     meter.reset()
     record = {"step": state.global_step, "epoch": state.epoch,
               "epoch_float": state.epoch + state.batch_in_epoch / run.steps_per_epoch,
               "loss": loss / max(images, 1), "top1": correct / max(images, 1),
-              "lr": run.schedule(state.global_step - 1), "first_step": first,
+              "lr": run.lr(state, before=1), "first_step": first,
               "img_per_s": images / max(seconds, 1e-9), "peak_memory_mb": peak_memory_mb()}
     return stops > 0, record
 
@@ -188,7 +198,7 @@ def end_of_epoch(run, state, hooks):
     evaluation result or None."""
     sums, epoch = state.epoch_sums, state.epoch
     record = {"epoch": epoch, "step": state.global_step, "train_loss": sums.mean_loss,
-              "train_top1": sums.top1, "lr": run.schedule(state.global_step),
+              "train_top1": sums.top1, "lr": run.lr(state),
               "peak_memory_mb": peak_memory_mb(), "dropblock_prob": run.dropblock_prob(epoch)}
     state.next_epoch()
     result = None

@@ -1,6 +1,7 @@
 """Run observability: the JSON-lines metrics log and the training-curve plot.
 
-This module owns :class:`MetricsLog` (append-only ``metrics.jsonl``, rank 0) and
+This module owns :class:`MetricsLog` (``metrics.jsonl``, rank 0: appended to, and cut back to
+a checkpoint's step at resume) and
 :func:`plot_curves` (loss, learning rate and top-1 against epochs, to PNG).
 """
 import json

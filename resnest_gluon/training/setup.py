@@ -92,6 +92,10 @@ class Run:
     def global_batch(self) -> int:
         return self.config.train.batch_size * self.dist.size
 
+    def lr(self, state: RunState, before: int = 0) -> float:
+        """The learning rate at ``state``'s position (``before`` updates earlier)."""
+        return self.schedule(state.schedule_step(self.steps_per_epoch) - before)
+
     def dropblock_prob(self, epoch: int) -> float:
         return dropblock_prob_at(epoch, self.config.train.epochs, self.final_dropblock)
 
@@ -127,7 +131,7 @@ class Run:
         return dict(state.to_meta(), steps_per_epoch=self.steps_per_epoch,
                     world_size=self.dist.size, seed=self.config.train.seed,
                     config_hash=cfg.config_hash(self.config),
-                    lr=self.schedule(state.global_step), precision=self.precision.name,
+                    lr=self.lr(state), precision=self.precision.name,
                     precision_state=self.precision.state_dict())
 
 
@@ -159,7 +163,8 @@ def _training_network(config: cfg.Config, precision: Precision, ctx):
         # The broadcast and the checkpoints need every shape now; a forward pass to infer
         # them would run the training network in inference mode (see evaluate.py).
         raise TrainingError(f"parameters without a shape after initialisation: {deferred[:3]}")
-    precision.hybridize(net)
+    if config.train.hybridize:
+        precision.hybridize(net)
     if config.optim.no_wd_on_bn_bias:
         for name, param in net.collect_params().items():
             if name.endswith(("gamma", "beta", "bias")):
@@ -200,12 +205,24 @@ def setup_run(config: cfg.Config, workdir: str, dist) -> Run:
 def restore_state(run: Run) -> RunState:
     """Load the newest complete checkpoint (weights, optimizer, EMA, loss scale), make every
     rank hold rank 0's weights, and return where the run stands."""
-    meta = run.checkpoints.restore(run.net, run.trainer, run.ctx, run.ema)
+    try:
+        meta = run.checkpoints.restore(run.net, run.trainer, run.ctx, run.ema)
+    except (mx.base.MXNetError, ValueError, KeyError, AssertionError) as err:
+        reason = (str(err).strip() or type(err).__name__).splitlines()[0]
+        reason = reason.split(" Set allow_missing")[0].rstrip(". ")   # MXNet's hint: not ours
+        raise TrainingError(
+            f"cannot resume from the newest checkpoint in {run.checkpoints.folder}: {reason}. "
+            f"Its model or config differs from this one: relaunch with the run's own config "
+            f"({run.workdir}/config.yaml) or use another --workdir") from None
     state = RunState()
     if meta is not None:
         if meta.get("config_hash") != cfg.config_hash(run.config):
             log.warning("the config differs from the checkpoint's (hash %s vs %s); resuming "
                         "with the new one", cfg.config_hash(run.config), meta.get("config_hash"))
+        if "epoch_sums" not in meta:
+            log.warning("the checkpoint was written by an older version: this epoch's training "
+                        "statistics restart%s", ", and its weights are the averaged ones"
+                        if run.ema is not None else "")
         run.precision.load_state_dict(meta.get("precision_state", {}))
         state = RunState.from_meta(meta, run.steps_per_epoch, run.dist.size)
     # Broadcast before any forward pass: a forward leaves arrays in oneDNN layouts, which

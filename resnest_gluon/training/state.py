@@ -21,13 +21,11 @@ class EpochSums:
     loss: float = 0.0       # sum of per-image losses
     correct: float = 0.0    # top-1 hits against the (unmixed) labels
     images: float = 0.0
-    steps: int = 0          # steps of one rank
 
-    def add(self, loss, correct, images, steps):
+    def add(self, loss, correct, images):
         self.loss += float(loss)
         self.correct += float(correct)
         self.images += float(images)
-        self.steps += int(steps)
 
     @property
     def mean_loss(self) -> float:
@@ -44,17 +42,19 @@ class RunState:
 
     Attributes
     ----------
-    epoch, batch_in_epoch, global_step : int
-        The next step to run is batch ``batch_in_epoch`` of ``epoch`` (0-based); ``global_step``
-        updates are done.
+    epoch, batch_in_epoch : int
+        The next step to run is batch ``batch_in_epoch`` of ``epoch`` (0-based).
+    global_step : int
+        Updates done so far, counted across world-size changes (checkpoints, metrics and
+        ``train.max_steps`` use it). The schedules use :meth:`schedule_step`, the position in
+        the current units.
     best_top1, best_step
         The best validation top-1 so far and the step it was reached at.
     epoch_sums : EpochSums
         Loss/accuracy sums of the current epoch, so that a run resumed mid-epoch reports the
         same epoch statistics as an uninterrupted one.
     restored_step : int
-        The global step of the checkpoint this run resumed from, as it was counted when saved
-        (it differs from ``global_step`` when the world size changed); 0 for a fresh run.
+        The global step of the checkpoint this run resumed from; 0 for a fresh run.
     """
 
     epoch: int = 0
@@ -64,6 +64,11 @@ class RunState:
     best_step: Optional[int] = None
     epoch_sums: EpochSums = dataclasses.field(default_factory=EpochSums)
     restored_step: int = 0
+
+    def schedule_step(self, steps_per_epoch: int) -> int:
+        """The position in the run in updates of the current size: what the LR schedule is a
+        function of. Equal to ``global_step`` unless the world size changed."""
+        return self.epoch * steps_per_epoch + self.batch_in_epoch
 
     def advance(self):
         """One update done."""
@@ -93,18 +98,18 @@ class RunState:
         """The state saved in ``meta``, continued with ``steps_per_epoch`` steps per epoch.
 
         With the same number of steps per epoch the position is exact. With another one (the
-        world size or the data changed) the position inside the epoch is kept as a fraction,
-        the global step is recomputed in the new units, and a warning says so.
+        world size or the data changed) the position inside the epoch is kept as a fraction (the
+        schedules continue from there, in the new units) and a warning says so; the global step
+        goes on counting updates.
         """
+        sums = {k: v for k, v in meta.get("epoch_sums", {}).items() if k != "steps"}
         state = cls(epoch=meta["epoch"], batch_in_epoch=meta["batch"],
                     global_step=meta["global_step"], best_top1=meta.get("best_top1", -1.0),
-                    best_step=meta.get("best_step"),
-                    epoch_sums=EpochSums(**meta.get("epoch_sums", {})),
+                    best_step=meta.get("best_step"), epoch_sums=EpochSums(**sums),
                     restored_step=meta["global_step"])
         saved = meta["steps_per_epoch"]
         if saved != steps_per_epoch:
             state.batch_in_epoch = int(state.batch_in_epoch * steps_per_epoch / saved)
-            state.global_step = state.epoch * steps_per_epoch + state.batch_in_epoch
             log.warning("steps per epoch changed %d -> %d (world size %s -> %d): data "
                         "re-partitioned, continuing at batch %d of epoch %d; from here the run "
                         "is not a replay of the original one", saved, steps_per_epoch,

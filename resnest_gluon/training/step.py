@@ -23,23 +23,25 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank, 0xD80]).generate_state(1)[0])
 
 
-def train_step(run, step: int, epoch: int, data, labels):
-    """Run update ``step`` (0-based) of ``run`` on one batch; returns ``(loss, logits)``.
+def train_step(run, state, data, labels):
+    """Run the next update of ``run`` (at ``state``) on one batch; returns ``(loss, logits)``.
 
-    Every random draw is a function of (seed, step, rank): MXNet's generators are reseeded
-    before the forward pass, and the mixup weight comes from a generator keyed by
-    (seed, step). A resumed run therefore repeats the uninterrupted one.
+    The learning rate is the schedule's at the state's position. Every random draw is a
+    function of (seed, step, rank): MXNet's generators are reseeded before the forward pass,
+    and the mixup weight comes from a generator keyed by (seed, step). A resumed run therefore
+    repeats the uninterrupted one.
 
     Returns
     -------
     tuple of NDArray
         Per-image losses ``(N,)`` and logits ``(N, classes)``, still on the device.
     """
-    seed = run.config.train.seed
-    run.trainer.set_learning_rate(run.schedule(step))
+    seed, step = run.config.train.seed, state.global_step
+    run.trainer.set_learning_rate(run.lr(state))
     mx.random.seed(step_seed(seed, step, run.dist.rank), ctx=run.ctx)
     rng = np.random.default_rng([seed, step])
-    inputs, targets, sparse = targets_for_batch(data, labels, run.mix, rng, run.mixup_on(epoch))
+    inputs, targets, sparse = targets_for_batch(data, labels, run.mix, rng,
+                                                run.mixup_on(state.epoch))
     with autograd.record():
         logits = run.net(inputs)
         loss = (_SPARSE_LOSS if sparse else _SOFT_LOSS)(logits, targets)
