@@ -171,9 +171,9 @@ def sync_window(run, state, meter: WindowMeter, statistics: RunningStatistics, s
     if many:
         mx.nd.waitall()   # oneDNN BatchNorm statistics: see evaluate.py
     local = meter.read(statistics.vector() if many else None)
-    local = [*local[:4], float(stop.requested), *local[4:]]
+    local = [*local[:3], float(stop.requested), *local[3:]]
     total = dist.allreduce_sum(local, name="window")
-    loss, correct, images, _, stops = total[:5]
+    loss, correct, images, stops = total[:4]
     first = state.global_step - meter.steps + 1
     if not math.isfinite(loss):
         raise TrainingError(
@@ -182,7 +182,7 @@ def sync_window(run, state, meter: WindowMeter, statistics: RunningStatistics, s
             f"stopping. The last good checkpoint is kept: lower optim.lr or check the data, "
             f"then relaunch to resume from it")
     if many:
-        statistics.assign(total[5:] / dist.size)
+        statistics.assign(total[4:] / dist.size)
     state.epoch_sums.add(loss, correct, images)
     meter.reset()
     record = {"step": state.global_step, "epoch": state.epoch,

@@ -78,11 +78,11 @@ class WindowMeter:
         self.steps += 1
 
     def read(self, extra=None) -> np.ndarray:
-        """``[loss sum, top-1 hits, images, steps]`` (+ ``extra``, a device vector read in the
-        same transfer) as float64: the one blocking read of a window."""
+        """``[loss sum, top-1 hits, images]`` (+ ``extra``, a device vector read in the same
+        transfer) as float64: the one blocking read of a window."""
         device = self.sums if extra is None else mx.nd.concat(self.sums, extra, dim=0)
         values = device.asnumpy().astype(np.float64)
-        return np.concatenate([values[:2], [self.images, self.steps], values[2:]])
+        return np.concatenate([values[:2], [self.images], values[2:]])
 
 
 class RunningStatistics:
