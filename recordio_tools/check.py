@@ -20,23 +20,15 @@ from resnest_gluon.data.recordio import (
     MissingIndexError,
     RecordFile,
     RecordFormatError,
+    find_manifest,
     resolve_shards,
     sha256_file,
     unpack_record,
 )
 
-__all__ = ["check", "build_parser", "main", "find_manifest"]
+__all__ = ["check", "build_parser", "main"]
 
 log = logging.getLogger("recordio_tools.check")
-
-
-def find_manifest(rec_path):
-    """``PREFIX.manifest.json`` of a shard ``PREFIX-xxxxx-of-yyyyy.rec``, if present."""
-    base = rec_path[:-4]
-    if "-of-" in base:
-        base = base.rsplit("-", 3)[0]
-    path = base + ".manifest.json"
-    return path if os.path.isfile(path) else None
 
 
 def check(spec, num_classes=None, decode=True, checksums=True, progress=True):

@@ -7,9 +7,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from resnest_gluon.data.recordio import ShardSet, read_classes_file, unpack_record
-
-from .check import find_manifest
+from resnest_gluon.data.recordio import ShardSet, find_manifest, read_classes_file, unpack_record
 
 __all__ = ["inspect", "build_parser", "main"]
 

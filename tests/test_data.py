@@ -237,3 +237,13 @@ def test_augmentation_is_a_function_of_the_record_not_of_the_batch(photo_tree, t
     other_epoch = next(iter(BatchLoader(shards, batches[:1], TrainTransform(40), 40, seed=3,
                                         epoch=3, workers=0)))[0].asnumpy()
     assert not np.array_equal(other_epoch, whole[0])
+
+
+def test_label_range_from_headers_and_from_the_manifest(digits, tmp_path):
+    # no manifest (an im2rec-style file): the record headers, including label vectors
+    shards = _shard_with(tmp_path, [(3, b"x"), ([12, 1], b"y"), (0, b"z")])
+    assert shards.label_range() == (0, 12)
+    assert list(shards.files[0].class_labels()) == [3, 12, 0]
+    # packed shards: the manifest's per-class counts, without reading the records
+    train, _ = digits
+    assert ShardSet(train).label_range() == (0, 9)

@@ -14,6 +14,7 @@ from ..config import ConfigError, load_config
 from ..data import DataError
 from ..data.recordio import MissingIndexError, RecordFormatError
 from ..training import TrainingError, fit
+from ..training.workdir import WorkdirBusy
 from . import setup_logging
 
 log = logging.getLogger("train")
@@ -41,6 +42,9 @@ def main(argv=None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         summary = fit(config, args.workdir)
+    except WorkdirBusy as err:
+        log.error("%s", err)
+        return 2
     except ConfigError as err:
         log.error("config error: %s", err)
         return 2

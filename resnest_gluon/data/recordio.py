@@ -20,6 +20,7 @@ here are read by ``mx.recordio``, ``mx.io.ImageRecordIter`` and ``ImageRecordDat
 import bisect
 import glob
 import hashlib
+import json
 import os
 import re
 import struct
@@ -29,7 +30,8 @@ import numpy as np
 
 __all__ = ["MAGIC", "RecordFormatError", "MissingIndexError", "IRHeader", "pack_record",
            "unpack_record", "RecordWriter", "RecordFile", "ShardSet", "shard_name",
-           "resolve_shards", "rebuild_index", "sha256_file", "read_classes_file"]
+           "resolve_shards", "rebuild_index", "sha256_file", "read_classes_file",
+           "find_manifest"]
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -226,6 +228,24 @@ class RecordFile:
         """Payload of the ``index``-th record of the index."""
         return self.read_at(int(self.offsets[index]))
 
+    def class_labels(self) -> np.ndarray:
+        """The class label of every record, reading only the record headers (a few dozen
+        bytes each, no image data)."""
+        handle = self._file()
+        labels = np.empty(len(self.offsets), dtype=np.float64)
+        for n, offset in enumerate(self.offsets):
+            handle.seek(int(offset))
+            head = handle.read(_LREC.size + _HEADER.size + 4)
+            if len(head) < _LREC.size + _HEADER.size or _LREC.unpack_from(head)[0] != MAGIC:
+                raise RecordFormatError(f"{self.rec_path}: no record header at byte {offset}")
+            flag, label, _, _ = _HEADER.unpack_from(head, _LREC.size)
+            if flag > 0:
+                if len(head) < _LREC.size + _HEADER.size + 4:
+                    raise RecordFormatError(f"{self.rec_path}: truncated label at byte {offset}")
+                label = struct.unpack_from("<f", head, _LREC.size + _HEADER.size)[0]
+            labels[n] = label
+        return labels
+
     def close(self):
         if self._handle is not None:
             self._handle.close()
@@ -373,3 +393,42 @@ class ShardSet:
 
     def shard_sizes(self) -> List[int]:
         return [len(f) for f in self.files]
+
+    def label_range(self) -> Tuple[float, float]:
+        """``(smallest, largest)`` class label of the set: from the packer's manifest when
+        every shard is listed in one, else from the record headers."""
+        low, high = float("inf"), float("-inf")
+        for path, records in zip(self.paths, self.files):
+            per_class = _manifest_classes(path)
+            if per_class is not None:
+                present = np.flatnonzero(np.asarray(per_class) > 0)
+                if len(present):
+                    low, high = min(low, float(present[0])), max(high, float(present[-1]))
+            elif len(records):
+                labels = records.class_labels()
+                low, high = min(low, float(labels.min())), max(high, float(labels.max()))
+        return low, high
+
+
+def find_manifest(rec_path: str) -> Optional[str]:
+    """``PREFIX.manifest.json`` of a shard ``PREFIX-xxxxx-of-yyyyy.rec``, if present."""
+    base = rec_path[:-4]
+    if "-of-" in base:
+        base = base.rsplit("-", 3)[0]
+    path = base + ".manifest.json"
+    return path if os.path.isfile(path) else None
+
+
+def _manifest_classes(rec_path: str) -> Optional[List[int]]:
+    """Per-class record counts of the manifest that lists ``rec_path`` (None without one)."""
+    path = find_manifest(rec_path)
+    if path is None:
+        return None
+    try:
+        with open(path) as handle:
+            manifest = json.load(handle)
+        listed = {shard["rec"] for shard in manifest["shards"]}
+        per_class = manifest["per_class"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return per_class if os.path.basename(rec_path) in listed else None

@@ -36,6 +36,7 @@ from .guards import StopFlag, Watchdog
 from .metrics import peak_memory_mb
 from .setup import restore_state, setup_run
 from .step import RunningStatistics, WindowMeter, train_step
+from .workdir import claim_workdir
 
 __all__ = ["fit", "train_one_epoch", "sync_window", "end_of_epoch"]
 
@@ -68,29 +69,34 @@ def fit(config: cfg.Config, workdir: str, dist=None, callbacks=()) -> dict:
     """
     with StopFlag() as stop:   # from the start: a stop during set-up ends the first window
         dist = dist or init_distributed(config.dist, config.train.stall_timeout)
-        run = setup_run(config, workdir, dist)
-        state = restore_state(run)
-        if run.rank0:   # after the restore: a config that cannot resume leaves the old one
-            cfg.dump_config(config, os.path.join(workdir, "config.yaml"))
-        last_eval, status = None, _limit_reached(run, state) or "finished"
-        with Watchdog(config.train.stall_timeout) as watchdog, \
-                Callbacks(default_callbacks(run) + list(callbacks)) as hooks:
-            hooks("on_start", run, state)
-            _log_start(run)
-            while state.epoch < config.train.epochs and status == "finished":
-                status = train_one_epoch(run, state, hooks, stop, watchdog)
-                if status == "finished":
-                    last_eval = end_of_epoch(run, state, hooks) or last_eval
-                    watchdog.beat()
-                    status = _limit_reached(run, state) or status
+        with claim_workdir(workdir, dist):
+            return _fit(config, workdir, dist, callbacks, stop)
+
+
+def _fit(config, workdir, dist, callbacks, stop):
+    """:func:`fit` inside its stop flag and work-directory lock."""
+    run = setup_run(config, workdir, dist)
+    state = restore_state(run)
+    if run.rank0:   # after the restore: a config that cannot resume leaves the old one
+        cfg.dump_config(config, os.path.join(workdir, "config.yaml"))
+    last_eval, status = None, _limit_reached(run, state) or "finished"
+    with Watchdog(config.train.stall_timeout) as watchdog, \
+            Callbacks(default_callbacks(run) + list(callbacks)) as hooks:
+        hooks("on_start", run, state)
+        _log_start(run)
+        while state.epoch < config.train.epochs and status == "finished":
+            status = train_one_epoch(run, state, hooks, stop, watchdog)
             if status == "finished":
-                hooks("on_end", run, state, run.model_to_evaluate())
-            else:
-                hooks("on_stop", run, state, status)
-            dist.barrier()   # no rank leaves while another still needs a collective
+                last_eval = end_of_epoch(run, state, hooks) or last_eval
+                watchdog.beat()
+                status = _limit_reached(run, state) or status
+        if status == "finished":
+            hooks("on_end", run, state, run.model_to_evaluate())
+        else:
+            hooks("on_stop", run, state, status)
+        dist.barrier()   # no rank leaves while another still needs a collective
     return {"status": status, "global_step": state.global_step, "epoch": state.epoch,
-            "lr": run.lr(state), "last_eval": last_eval,
-            "best_top1": state.best_top1}
+            "lr": run.lr(state), "last_eval": last_eval, "best_top1": state.best_top1}
 
 
 def _limit_reached(run, state):

@@ -6,7 +6,6 @@ the schedules, the evaluation network, and restoring a checkpoint into them
 """
 import dataclasses
 import logging
-import os
 from typing import Optional
 
 import mxnet as mx
@@ -135,10 +134,22 @@ class Run:
                     precision_state=self.precision.state_dict())
 
 
+def _check_labels(shards: ShardSet, key: str, classes: int):
+    """Labels outside ``[0, data.num_classes)`` stop the run before its first step."""
+    low, high = shards.label_range()
+    if low < 0 or high >= classes:
+        raise cfg.ConfigError(f"{key} has labels from {low:g} to {high:g}, outside "
+                              f"[0, {classes}) of data.num_classes={classes}: set "
+                              f"data.num_classes, or check that {key} is the intended set")
+
+
 def _open_data(config: cfg.Config, dist):
     dc, tc = config.data, config.train
     train_shards = ShardSet(dc.train)
     val_shards = ShardSet(dc.val) if dc.val else None
+    for shards, key in ((train_shards, "data.train"), (val_shards, "data.val")):
+        if shards is not None:
+            _check_labels(shards, key, dc.num_classes)
     steps_per_epoch = batches_per_epoch(len(train_shards), tc.batch_size, dist.size)
     if steps_per_epoch == 0:
         raise cfg.ConfigError(f"data.train has {len(train_shards)} records: not one batch of "
@@ -187,7 +198,6 @@ def setup_run(config: cfg.Config, workdir: str, dist) -> Run:
                                 fp16_allreduce=config.dist.fp16_allreduce)
     precision.attach(trainer)
     spec = get_spec(config.model.name)
-    os.makedirs(workdir, exist_ok=True)
     return Run(config=config, workdir=workdir, dist=dist, ctx=ctx, precision=precision,
                net=net, trainer=trainer, eval_net=EvalNetwork(build_network(config), ctx),
                ema=(ParameterEMA(structural_params(net), config.train.ema_decay)
