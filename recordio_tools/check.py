@@ -25,6 +25,7 @@ from resnest_gluon.data.recordio import (
     sha256_file,
     unpack_record,
 )
+from resnest_gluon.data.transforms import to_rgb
 
 __all__ = ["check", "build_parser", "main"]
 
@@ -68,7 +69,7 @@ def check(spec, num_classes=None, decode=True, checksums=True, progress=True):
             if decode:
                 lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
                 try:
-                    Image.open(io.BytesIO(image)).load()
+                    to_rgb(Image.open(io.BytesIO(image))).load()   # as the loader decodes
                 except Exception as err:  # pylint: disable=broad-except
                     problems.append(f"{where}: image does not decode ({err})")
                 finally:

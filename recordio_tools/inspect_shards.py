@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from resnest_gluon.data.recordio import ShardSet, find_manifest, read_classes_file, unpack_record
+from resnest_gluon.data.transforms import to_rgb
 
 __all__ = ["inspect", "build_parser", "main"]
 
@@ -75,7 +76,7 @@ def _contact_sheet(shards, indices, path, names, tile=160):
         header, image = unpack_record(shards.read(index))
         label = int(header.class_label)
         try:
-            img = Image.open(io.BytesIO(image)).convert("RGB")
+            img = to_rgb(Image.open(io.BytesIO(image)))
             img.thumbnail((tile, tile))
         except Exception:  # pylint: disable=broad-except
             img = Image.new("RGB", (tile, tile), "red")

@@ -20,6 +20,7 @@ from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from resnest_gluon.data.recordio import RecordWriter, pack_record, sha256_file, shard_name
+from resnest_gluon.data.transforms import to_rgb
 
 from . import sources
 
@@ -50,7 +51,7 @@ def encode_image(path: str, resize: int = 0, quality: int = 95):
             target = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
             if fmt == "JPEG":
                 img.draft("RGB", target)
-            img = img.convert("RGB").resize(target, Image.BICUBIC)
+            img = to_rgb(img).resize(target, Image.BICUBIC)
         elif fmt in ("JPEG", "PNG") and not resize:
             # decode check at reduced scale: reads the whole entropy-coded stream
             if fmt == "JPEG":
@@ -58,7 +59,7 @@ def encode_image(path: str, resize: int = 0, quality: int = 95):
             img.load()
             return raw, size, None
         else:
-            img = img.convert("RGB")
+            img = to_rgb(img)
         out = io.BytesIO()
         img.save(out, "JPEG", quality=quality)
         return out.getvalue(), img.size, None

@@ -247,3 +247,60 @@ def test_label_range_from_headers_and_from_the_manifest(digits, tmp_path):
     # packed shards: the manifest's per-class counts, without reading the records
     train, _ = digits
     assert ShardSet(train).label_range() == (0, 9)
+
+
+# (mode, file format, fill value, expected RGB): every mode Pillow opens, in a file format
+# that keeps it; TIFF inputs are re-encoded as JPEG by the packer, PNG and JPEG kept as they are.
+IMAGE_MODES = [
+    ("1", "PNG", 1, (255, 255, 255)),
+    ("L", "PNG", 100, (100, 100, 100)),
+    ("LA", "PNG", (100, 50), (100, 100, 100)),
+    ("P", "PNG", 3, (200, 100, 50)),
+    ("PA", "TIFF", (3, 50), (200, 100, 50)),
+    ("RGB", "PNG", (10, 20, 30), (10, 20, 30)),
+    ("RGBA", "PNG", (10, 20, 30, 40), (10, 20, 30)),
+    ("CMYK", "JPEG", (0, 255, 255, 0), (255, 0, 0)),
+    ("CMYK", "TIFF", (0, 255, 255, 0), (255, 0, 0)),
+    ("I", "TIFF", 25700, (100, 100, 100)),           # 16-bit range: 25700 / 257 = 100
+    ("I;16", "PNG", 25700, (100, 100, 100)),
+    ("I;16", "TIFF", 51400, (200, 200, 200)),
+    ("F", "TIFF", 0.5, (128, 128, 128)),             # 0-1 floats: 0.5 * 255
+]
+
+
+def _mode_image(mode, value):
+    img = Image.new(mode, (16, 16), value)
+    if mode in ("P", "PA"):
+        img.putpalette([0, 0, 0] * 3 + [200, 100, 50] + [0, 0, 0] * 252)
+    return img
+
+
+def test_every_image_mode_packs_checks_and_loads_as_8_bit_rgb(tmp_path):
+    from recordio_tools.check import check
+    from recordio_tools.pack import pack
+    items = []
+    for label, (mode, fmt, value, _) in enumerate(IMAGE_MODES):
+        path = str(tmp_path / f"{label:02d}.{fmt.lower()}")
+        _mode_image(mode, value).save(path, fmt)
+        assert Image.open(path).mode == ("I;16" if mode == "I;16" else mode) or fmt == "TIFF"
+        items.append((path, label))
+    names = [f"{mode}-{fmt}" for mode, fmt, _, _ in IMAGE_MODES]
+    pack(items, names, str(tmp_path / "modes"), num_shards=1, workers=1, progress=False)
+    assert check(str(tmp_path / "modes"), progress=False) == ([], len(IMAGE_MODES))
+    shards = ShardSet(str(tmp_path / "modes"))
+    loader = BatchLoader(shards, [np.arange(len(shards))], EvalTransform(16, crop_ratio=1.0), 16,
+                         classes=len(IMAGE_MODES), workers=0)
+    (images, labels), = list(loader)
+    for rgb, label in zip(images.asnumpy(), labels.asnumpy().astype(int)):
+        mode, fmt, _, expected = IMAGE_MODES[label]
+        got = rgb[8, 8].astype(int)
+        tolerance = 0 if fmt == "PNG" else 2          # JPEG: a flat image, about exact
+        assert np.abs(got - expected).max() <= tolerance, (mode, fmt, got, expected)
+
+
+@pytest.mark.parametrize("mode,value,expected", [("YCbCr", (128, 128, 128), (128, 128, 128)),
+                                                 ("F", 180.0, (180, 180, 180)),
+                                                 ("I", 65535, (255, 255, 255))])
+def test_modes_without_a_file_format_convert_as_documented(mode, value, expected):
+    from resnest_gluon.data.transforms import to_rgb
+    assert to_rgb(Image.new(mode, (4, 4), value)).getpixel((1, 1)) == expected

@@ -26,7 +26,7 @@ from PIL import Image
 from .autoaugment import AutoAugment
 
 __all__ = ["decode", "random_resized_crop_box", "TrainTransform", "EvalTransform",
-           "color_jitter_matrix", "INTERPOLATIONS", "resample_filter"]
+           "color_jitter_matrix", "INTERPOLATIONS", "resample_filter", "to_rgb"]
 
 # ImageNet RGB covariance: eigenvalues and eigenvectors (columns), 0-255 scale.
 PCA_EIGVAL = np.array([55.46, 4.794, 1.148])
@@ -47,13 +47,38 @@ def resample_filter(interpolation: str) -> int:
                          f"{', '.join(INTERPOLATIONS)}") from None
 
 
+_WIDE_INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB version of ``img``, whatever its mode.
+
+    Pillow's own conversion clips 16-bit and 32-bit integer images to 0-255 (a 16-bit PNG turns
+    almost white) and float images too (0-1 data turns black). Those are scaled here instead:
+    integer images from 0-65535, float images from 0-1 (or taken as 0-255 when a value exceeds
+    1). Alpha is dropped, palettes and CMYK/YCbCr are converted by Pillow.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode in _WIDE_INTEGER_MODES:
+        values = np.asarray(img, dtype=np.float64) / 257.0
+    elif img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        if values.size and np.nanmax(values) <= 1.0:
+            values = values * 255.0
+    else:
+        return img.convert("RGB")
+    grey = np.clip(np.rint(np.nan_to_num(values)), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
+
+
 def decode(image_bytes: bytes, draft_size: Optional[Tuple[int, int]] = None) -> Image.Image:
-    """Decode to an RGB PIL image; with ``draft_size`` JPEGs may decode at 1/2, 1/4 or 1/8
-    scale, never below that size."""
+    """Decode to an 8-bit RGB PIL image (:func:`to_rgb`); with ``draft_size`` JPEGs may decode
+    at 1/2, 1/4 or 1/8 scale, never below that size."""
     img = Image.open(io.BytesIO(image_bytes))
     if draft_size is not None and img.format == "JPEG":
         img.draft("RGB", draft_size)
-    return img.convert("RGB") if img.mode != "RGB" else img
+    return to_rgb(img)
 
 
 def random_resized_crop_box(width, height, rng: random.Random, scale=(0.08, 1.0),
@@ -177,9 +202,7 @@ class TrainTransform:
             img.draft("RGB", want)
             fx, fy = img.size[0] / width, img.size[1] / height
             box = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        img = img.resize((self.size, self.size), self.resample, box=box)
+        img = to_rgb(img).resize((self.size, self.size), self.resample, box=box)
         if rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         if self.autoaugment is not None:
