@@ -11,20 +11,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import mxnet as mx
 import numpy as np
 import pytest
+from runs import HOROVODRUN, ROOT, newest_meta, read_text, wait_for
 
 from resnest_gluon.config import load_config
 from resnest_gluon.training import Callback, fit
-from resnest_gluon.training.checkpoint import CheckpointManager
 from resnest_gluon.training.dist import SingleProcess
 from resnest_gluon.training.metrics import read_metrics
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
 
 
 def recipe(digits, *extra):
@@ -50,17 +46,7 @@ def launch(workdir, digits, workers):
 
 
 def output(workdir):
-    with open(f"{workdir}.log", errors="replace") as handle:
-        return handle.read()
-
-
-def wait_for(condition, what, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return read_text(f"{workdir}.log")
 
 
 def logged_steps(workdir):
@@ -90,10 +76,6 @@ def signal_all(pids, signum):
             os.kill(pid, signum)
         except ProcessLookupError:   # a loader worker that has just finished
             pass
-
-
-def newest_meta(workdir):
-    return CheckpointManager(str(workdir), is_writer=False).latest()[1]
 
 
 def assert_same_run(reference, resumed):

@@ -12,38 +12,13 @@ import time
 
 import numpy as np
 import pytest
+from runs import HOROVODRUN, ROOT, newest_meta, tiny, train_cli
 
 from resnest_gluon.config import load_config
 from resnest_gluon.training import fit
 from resnest_gluon.training.checkpoint import CheckpointManager
 from resnest_gluon.training.metrics import read_metrics
 from resnest_gluon.training.schedule import Schedule
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
-HOROVODRUN = os.path.join(BIN, "horovodrun")
-
-
-def tiny(digits, *extra):
-    """Overrides for a ResNeSt-14 run at 32x32: 6 steps of 16 per epoch."""
-    train, val = digits
-    return [f"data.train={train}", f"data.val={val}", "model.name=resnest14",
-            "data.num_classes=10", "data.input_size=32", "data.eval_size=32",
-            "data.crop_ratio=1.0", "data.workers=1", "data.autoaugment=false",
-            "data.chunk=8", "data.window=32", "train.batch_size=16", "train.epochs=3",
-            "train.log_every=1", "optim.warmup_epochs=1", "optim.base_lr=0.2", *extra]
-
-
-def train_cli(workdir, overrides, **kwargs):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "train.py"),
-                             "--workdir", str(workdir), *overrides],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=ROOT, **kwargs)
-
-
-def newest_meta(workdir):
-    folder, meta = CheckpointManager(str(workdir), is_writer=False).latest()
-    return meta
 
 
 def test_single_process_smoke_train(digits, tmp_path):

@@ -4,41 +4,20 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
-from resnest_gluon.training.checkpoint import CheckpointManager
+from runs import ROOT, TRAIN, newest_meta, read_text, tiny, wait_for
+
 from resnest_gluon.training.metrics import read_metrics
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def overrides(digits, *extra):
-    train, val = digits
-    return [f"data.train={train}", f"data.val={val}", "model.name=resnest14",
-            "data.num_classes=10", "data.input_size=32", "data.eval_size=32",
-            "data.crop_ratio=1.0", "data.workers=1", "data.autoaugment=false",
-            "train.batch_size=16", "train.log_every=1", *extra]
+    return tiny(digits, "train.epochs=1", *extra)
 
 
 def train(workdir, args, log):
     with open(log, "a") as handle:
-        return subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "train.py"),
-                                 "--workdir", str(workdir), *args], stdout=handle,
-                                stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def text(path):
-    with open(path, errors="replace") as handle:
-        return handle.read()
-
-
-def wait_for(condition, what, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+        return subprocess.Popen([sys.executable, TRAIN, "--workdir", str(workdir), *args],
+                                stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
 def test_a_second_run_into_a_busy_workdir_stops_and_the_first_is_untouched(digits, tmp_path):
@@ -47,7 +26,7 @@ def test_a_second_run_into_a_busy_workdir_stops_and_the_first_is_untouched(digit
     wait_for(lambda: any(r["kind"] == "step" for r in read_metrics(str(workdir /
                                                                        "metrics.jsonl"))),
              "the first run's first step")
-    second = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+    second = subprocess.run([sys.executable, TRAIN,
                              "--workdir", str(workdir),
                              *overrides(digits, "train.epochs=3", "optim.base_lr=0.5")],
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -56,9 +35,9 @@ def test_a_second_run_into_a_busy_workdir_stops_and_the_first_is_untouched(digit
     assert f"{workdir} is in use by another run (PID {first.pid} on {socket.gethostname()}" \
         in message and "Traceback" not in second.stderr
     first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=120) == 0, text(tmp_path / "first.log")[-3000:]
+    assert first.wait(timeout=120) == 0, read_text(tmp_path / "first.log")[-3000:]
     # the config and the metrics are the first run's alone
-    assert "train:\n  epochs: 100" in text(workdir / "config.yaml")
+    assert "train:\n  epochs: 100" in read_text(workdir / "config.yaml")
     steps = [r["step"] for r in read_metrics(str(workdir / "metrics.jsonl"))
              if r["kind"] == "step"]
     assert steps == list(range(1, len(steps) + 1))
@@ -67,7 +46,7 @@ def test_a_second_run_into_a_busy_workdir_stops_and_the_first_is_untouched(digit
 def test_kill_9_releases_the_workdir_and_leftovers_are_removed(digits, tmp_path):
     workdir = tmp_path / "run"
     first = train(workdir, overrides(digits, "train.epochs=100"), tmp_path / "first.log")
-    wait_for(lambda: CheckpointManager(str(workdir), is_writer=False).latest()[0] is not None,
+    wait_for(lambda: newest_meta(workdir) is not None,
              "the first checkpoint")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
@@ -75,7 +54,7 @@ def test_kill_9_releases_the_workdir_and_leftovers_are_removed(digits, tmp_path)
     leftover = workdir / "checkpoints" / ".tmp-step-00000099-12345"
     leftover.mkdir()
     (leftover / "model.params").write_bytes(b"\0" * 4096)
-    again = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+    again = subprocess.run([sys.executable, TRAIN,
                             "--workdir", str(workdir), *overrides(digits, "train.epochs=1")],
                            capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -86,7 +65,7 @@ def test_kill_9_releases_the_workdir_and_leftovers_are_removed(digits, tmp_path)
 
 def test_a_workdir_that_is_a_file_is_one_clear_error(digits, tmp_path):
     (tmp_path / "taken").write_text("not a directory")
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+    done = subprocess.run([sys.executable, TRAIN,
                            "--workdir", str(tmp_path / "taken" / "run"),
                            *overrides(digits, "train.epochs=1")],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -103,7 +82,7 @@ def test_labels_outside_num_classes_stop_before_the_first_step(digits, tmp_path)
     for extra, key, high in ((["data.num_classes=5"], "data.train", 9),
                              ([f"data.val={tmp_path / 'odd.rec'}"], "data.val", 12)):
         workdir = tmp_path / key
-        done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+        done = subprocess.run([sys.executable, TRAIN,
                                "--workdir", str(workdir), *overrides(digits, *extra)],
                               capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
