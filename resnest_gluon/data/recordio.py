@@ -395,12 +395,16 @@ class ShardSet:
         return [len(f) for f in self.files]
 
     def label_range(self) -> Tuple[float, float]:
-        """``(smallest, largest)`` class label of the set: from the packer's manifest when
-        every shard is listed in one, else from the record headers."""
+        """``(smallest, largest)`` class label of the set: from the packer's manifest for the
+        shards it lists (each manifest read once), else from the record headers."""
         low, high = float("inf"), float("-inf")
+        manifests = {}
         for path, records in zip(self.paths, self.files):
-            per_class = _manifest_classes(path)
-            if per_class is not None:
+            manifest = find_manifest(path)
+            if manifest is not None and manifest not in manifests:
+                manifests[manifest] = _read_manifest_classes(manifest)
+            listed, per_class = manifests.get(manifest) or (set(), None)
+            if per_class is not None and os.path.basename(path) in listed:
                 present = np.flatnonzero(np.asarray(per_class) > 0)
                 if len(present):
                     low, high = min(low, float(present[0])), max(high, float(present[-1]))
@@ -419,16 +423,12 @@ def find_manifest(rec_path: str) -> Optional[str]:
     return path if os.path.isfile(path) else None
 
 
-def _manifest_classes(rec_path: str) -> Optional[List[int]]:
-    """Per-class record counts of the manifest that lists ``rec_path`` (None without one)."""
-    path = find_manifest(rec_path)
-    if path is None:
-        return None
+def _read_manifest_classes(path: str):
+    """``(names of the shards listed, per-class record counts)`` of a manifest, or None when
+    it cannot be read."""
     try:
         with open(path) as handle:
             manifest = json.load(handle)
-        listed = {shard["rec"] for shard in manifest["shards"]}
-        per_class = manifest["per_class"]
+        return {shard["rec"] for shard in manifest["shards"]}, manifest["per_class"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return per_class if os.path.basename(rec_path) in listed else None
