@@ -3,21 +3,19 @@ import argparse
 import logging
 import sys
 
-from resnest_gluon.data.recordio import RecordFormatError, rebuild_index
+from resnest_gluon.commands.cli import command
+from resnest_gluon.data.recordio import rebuild_index
 
 from . import check, inspect_shards, pack
 
 
 def index_main(args) -> int:
-    try:
-        count = rebuild_index(args.rec)
-    except (OSError, RecordFormatError) as err:
-        print(f"index: {err}", file=sys.stderr)
-        return 1
+    count = rebuild_index(args.rec)
     print(f"wrote {args.rec[:-4]}.idx ({count} records)")
     return 0
 
 
+@command("recordio_tools")
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m recordio_tools",

@@ -16,6 +16,7 @@ import sys
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
+from resnest_gluon.commands.cli import command
 from resnest_gluon.data.recordio import (
     MissingIndexError,
     RecordFile,
@@ -45,7 +46,7 @@ def check(spec, num_classes=None, decode=True, checksums=True, progress=True):
     for path in paths:
         name = os.path.basename(path)
         try:
-            shard = RecordFile(path)
+            shard = RecordFile(path, check_end=False)
         except (MissingIndexError, RecordFormatError, ValueError) as err:
             problems.append(f"{name}: {err}")
             continue
@@ -107,18 +108,15 @@ def build_parser(parser=None):
 
 
 def run(args) -> int:
-    try:
-        problems, total = check(args.shards, args.num_classes, not args.no_decode,
-                                not args.no_checksum, progress=not args.quiet)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"check: {err}", file=sys.stderr)
-        return 2
+    problems, total = check(args.shards, args.num_classes, not args.no_decode,
+                            not args.no_checksum, progress=not args.quiet)
     for problem in problems:
         print(f"BAD {problem}")
     print(f"{total} records checked, {len(problems)} problem(s)")
     return 1 if problems else 0
 
 
+@command("check")
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return run(build_parser().parse_args(argv))

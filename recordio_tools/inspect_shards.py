@@ -2,13 +2,14 @@
 import argparse
 import io
 import os
-import sys
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from resnest_gluon.commands.cli import command
 from resnest_gluon.data.recordio import ShardSet, find_manifest, read_classes_file, unpack_record
 from resnest_gluon.data.transforms import to_rgb
+from resnest_gluon.paths import make_parent
 
 __all__ = ["inspect", "build_parser", "main"]
 
@@ -83,7 +84,7 @@ def _contact_sheet(shards, indices, path, names, tile=160):
         x, y = (n % cols) * tile, (n // cols) * (tile + 14)
         sheet.paste(img, (x + (tile - img.size[0]) // 2, y + (tile - img.size[1]) // 2))
         draw.text((x + 2, y + tile), f"{label}: {names.get(label, '')}"[:26], fill="black")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    make_parent(path, "--sheet")
     sheet.save(path)
 
 
@@ -99,11 +100,7 @@ def build_parser(parser=None):
 
 
 def run(args) -> int:
-    try:
-        summary = inspect(args.shards, args.samples, args.sheet, args.seed)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"inspect: {err}", file=sys.stderr)
-        return 2
+    summary = inspect(args.shards, args.samples, args.sheet, args.seed)
     print(f"{summary['records']} records in {len(summary['shards'])} shard(s)")
     for name, count in summary["shards"].items():
         print(f"  {name}: {count}")
@@ -120,5 +117,6 @@ def run(args) -> int:
     return 0
 
 
+@command("inspect")
 def main(argv=None) -> int:
     return run(build_parser().parse_args(argv))

@@ -19,10 +19,21 @@ import time
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
-from resnest_gluon.data.recordio import RecordWriter, pack_record, sha256_file, shard_name
+from resnest_gluon.commands.cli import command
+from resnest_gluon.data.recordio import (
+    RecordWriter,
+    ShardSetError,
+    pack_record,
+    set_files,
+    sha256_file,
+    shard_name,
+    shard_numbers,
+)
 from resnest_gluon.data.transforms import to_rgb
+from resnest_gluon.paths import make_parent, output_prefix
 
 from . import sources
+from .sources import SourceError
 
 __all__ = ["pack", "build_parser", "main", "encode_image"]
 
@@ -92,7 +103,7 @@ def _shard_digest(shard_items, options):
 
 
 def pack(items, classes, prefix, num_shards=None, shard_size_mb=None, resize=0, quality=95,
-         shuffle=True, seed=0, workers=None, class_names=None, progress=True):
+         shuffle=True, seed=0, workers=None, class_names=None, progress=True, overwrite=False):
     """Pack ``(path, label)`` items into shards ``PREFIX-xxxxx-of-yyyyy.rec``.
 
     Parameters
@@ -114,6 +125,9 @@ def pack(items, classes, prefix, num_shards=None, shard_size_mb=None, resize=0, 
         Encoding processes (default: CPU count).
     class_names : dict, optional
         Human-readable names by class id.
+    overwrite : bool
+        Delete the shard set already at ``prefix`` first. Without it, a set of another shard
+        count there is refused (:class:`ShardSetError`): the two would mix.
 
     Returns
     -------
@@ -121,8 +135,8 @@ def pack(items, classes, prefix, num_shards=None, shard_size_mb=None, resize=0, 
         The manifest (also written to ``PREFIX.manifest.json``).
     """
     if not items:
-        raise ValueError("no input images found")
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+        raise SourceError("no input images found")
+    make_parent(prefix, "output prefix")
     indexed = [(i, path, label) for i, (path, label) in enumerate(sorted(items))]
     if shuffle:
         random.Random(seed).shuffle(indexed)
@@ -131,6 +145,7 @@ def pack(items, classes, prefix, num_shards=None, shard_size_mb=None, resize=0, 
         target = (shard_size_mb or 100) * 1e6
         num_shards = max(1, math.ceil(total_bytes / target))
     num_shards = max(1, min(int(num_shards), len(indexed)))
+    _clear_previous_set(prefix, num_shards, overwrite)
     options = {"resize": resize, "quality": quality, "shuffle": shuffle, "seed": seed,
                "num_shards": num_shards}
     base = os.path.basename(prefix)
@@ -174,12 +189,57 @@ def pack(items, classes, prefix, num_shards=None, shard_size_mb=None, resize=0, 
             pool.terminate()
     manifest = _write_manifest(prefix, classes, stats, options)
     skipped = manifest["skipped"]
+    if manifest["records"] == 0:
+        _remove_set(prefix)
+        raise SourceError(f"none of the {len(skipped)} input file(s) is a readable image, e.g. "
+                          f"{skipped[0]['path']}: {skipped[0]['reason']}")
     log.info("packed %d records into %d shards (%s-*-of-%05d.rec) in %.0f s; %d input(s) "
              "skipped as unreadable", manifest["records"], num_shards, base, num_shards,
              time.time() - started, len(skipped))
     for entry in skipped[:20]:
         log.warning("skipped %s: %s", entry["path"], entry["reason"])
     return manifest
+
+
+def _previous_counts(prefix):
+    """Shard counts of what is already at ``prefix``: its files' ``-of-N`` and its manifest's
+    (None for a manifest that cannot be read)."""
+    counts = {shard_numbers(path)[1] for path in set_files(prefix)}
+    if os.path.isfile(prefix + ".manifest.json"):
+        try:
+            with open(prefix + ".manifest.json") as handle:
+                counts.add(int(json.load(handle)["num_shards"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            counts.add(None)
+    return counts
+
+
+def _remove_set(prefix):
+    """Delete every file of the shard set at ``prefix`` (shards of any count, manifest, classes
+    file, list); returns how many."""
+    paths = set_files(prefix) + [prefix + ext for ext in (".manifest.json", ".classes.tsv",
+                                                           ".lst")
+                                 if os.path.isfile(prefix + ext)]
+    for path in paths:
+        os.remove(path)
+    return len(paths)
+
+
+def _clear_previous_set(prefix, num_shards, overwrite):
+    counts = _previous_counts(prefix)
+    if overwrite and counts:
+        log.info("--overwrite: removed the previous set at %s (%d files)", prefix,
+                 _remove_set(prefix))
+        return
+    other = sorted(counts - {num_shards}, key=str)
+    if other:
+        described = " and ".join("an unreadable manifest" if n is None else f"{n} shard(s)"
+                                 for n in other)
+        raise ShardSetError(
+            f"{prefix} already holds a set of {described}; packing {num_shards} shard(s) "
+            f"beside it would leave both and readers would refuse the mix. Pack with the old "
+            f"count to refresh it, choose another prefix, or add --overwrite to delete the old "
+            f"set first")
 
 
 def _write_shard(prefix, s, num_shards, results, digest, bar):
@@ -256,7 +316,9 @@ def build_parser(parser=None):
                           "shards are kept.")
     parser.add_argument("source", help="ImageNet-style tree (SOURCE/<class>/<image>), a flat "
                                        "folder (with --labels), or a .lst file (with --root)")
-    parser.add_argument("prefix", help="output prefix, e.g. /data/imagenet/train")
+    parser.add_argument("prefix", help="output prefix, e.g. /data/imagenet/train; ending in / "
+                                       "it names a folder and the files take the source's name "
+                                       "(out/ -> out/train-00000-of-00004.rec for SOURCE train)")
     parser.add_argument("--labels", help="label file for a flat folder: 'filename class' "
                                          "lines or LOC_val_solution.csv")
     parser.add_argument("--root", default="", help="base folder of the paths in a .lst")
@@ -274,31 +336,50 @@ def build_parser(parser=None):
     parser.add_argument("--no-shuffle", action="store_true", help="keep the sorted order")
     parser.add_argument("--workers", type=int, default=None, help="processes (CPU count)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the shard set already at PREFIX first (needed when it has "
+                             "another shard count; without it a re-run keeps complete shards)")
     return parser
 
 
-def run(args) -> int:
-    classes = sources.read_classes(args.classes) if args.classes else None
+def _read_items(args, classes):
+    """``(items, classes found)`` from the source the arguments name."""
+    if not os.path.exists(args.source):
+        raise SourceError(f"source not found: {args.source}")
     if args.source.endswith(".lst"):
-        items, found_classes = sources.read_lst(args.source, args.root)
-    elif args.labels:
-        items, found_classes = sources.scan_flat_with_labels(args.source, args.labels, classes)
-    elif os.path.isdir(args.source):
-        items, found_classes = sources.scan_tree(args.source, classes)
-    else:
-        raise SystemExit(f"pack: {args.source} is neither a folder nor a .lst file")
+        return sources.read_lst(args.source, args.root)
+    if not os.path.isdir(args.source):
+        raise SourceError(f"{args.source} is neither a folder nor a .lst file")
+    if args.labels:
+        return sources.scan_flat_with_labels(args.source, args.labels, classes)
+    return sources.scan_tree(args.source, classes)
+
+
+def default_name(source: str) -> str:
+    """The name files take when the prefix is a folder: the source folder's or list's name."""
+    name = os.path.basename(os.path.normpath(source))
+    return os.path.splitext(name)[0] if name.endswith(".lst") else name
+
+
+def run(args) -> int:
     if args.resize < 0 or not 1 <= args.quality <= 100:
-        raise SystemExit("pack: --resize must be >= 0 and --quality in 1..100")
+        raise SourceError("--resize must be >= 0 and --quality in 1..100")
+    if args.shards is not None and args.shards < 1:
+        raise SourceError("--shards must be at least 1")
+    prefix = output_prefix(args.prefix, default_name(args.source))
+    classes = sources.read_classes(args.classes) if args.classes else None
+    items, found_classes = _read_items(args, classes)
     names = _read_class_names(args.class_names) if args.class_names else {}
-    manifest = pack(items, classes or found_classes, args.prefix, args.shards, args.shard_size,
+    manifest = pack(items, classes or found_classes, prefix, args.shards, args.shard_size,
                     args.resize, args.quality, not args.no_shuffle, args.seed, args.workers,
-                    names, progress=not args.quiet)
+                    names, progress=not args.quiet, overwrite=args.overwrite)
     print(f"{manifest['records']} records in {manifest['num_shards']} shard(s), "
           f"{manifest['num_classes']} classes, {len(manifest['skipped'])} input(s) skipped; "
-          f"manifest {args.prefix}.manifest.json")
+          f"manifest {prefix}.manifest.json")
     return 0
 
 
+@command("pack")
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return run(build_parser().parse_args(argv))

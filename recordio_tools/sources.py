@@ -1,16 +1,23 @@
 """Where images come from: an ImageNet-style tree, a validation folder with a label file, or
 an im2rec ``.lst`` list. Each source resolves to ``(path, label)`` items and a class list."""
 import csv
+import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
 from resnest_gluon.data.recordio import read_classes_file
+from resnest_gluon.errors import UserError
 
-__all__ = ["Item", "scan_tree", "scan_flat_with_labels", "read_lst", "read_classes",
+__all__ = ["SourceError", "Item", "scan_tree", "scan_flat_with_labels", "read_lst", "read_classes",
            "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 Item = Tuple[str, int]
+log = logging.getLogger("recordio_tools.sources")
+
+
+class SourceError(UserError, ValueError):
+    """Inputs that cannot be packed as given (no images, unknown classes, missing labels)."""
 
 
 def _is_image_name(name):
@@ -24,20 +31,31 @@ def read_classes(path: str) -> List[str]:
 
 def scan_tree(root: str, classes: Optional[List[str]] = None):
     """``root/<class>/<image>``: items and classes (sorted folder names unless given)."""
-    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
+                     and not d.startswith("."))
     if not folders:
-        raise ValueError(f"{root} has no class folders (expected {root}/<class>/<image>)")
+        raise SourceError(f"{root} has no class folders (expected {root}/<class>/<image>; for "
+                          f"a flat folder of images give --labels)")
     classes = classes or folders
     index = {c: i for i, c in enumerate(classes)}
     unknown = [f for f in folders if f not in index]
     if unknown:
-        raise ValueError(f"{root}: folders {unknown[:5]} are not in the given classes file")
-    items = []
+        raise SourceError(f"{root}: {len(unknown)} folder(s) are not classes of the --classes "
+                          f"file ({len(classes)} classes): {unknown[:5]}")
+    items, empty = [], []
     for folder in folders:
+        found = len(items)
         for dirpath, _, files in os.walk(os.path.join(root, folder)):
             for name in sorted(files):
                 if not name.startswith("."):
                     items.append((os.path.join(dirpath, name), index[folder]))
+        if len(items) == found:
+            empty.append(folder)
+    if not items:
+        raise SourceError(f"{root}: the {len(folders)} class folder(s) hold no files")
+    if empty:
+        log.warning("%d class folder(s) hold no files and get no records: %s", len(empty),
+                    ", ".join(empty[:10]))
     return items, classes
 
 
@@ -56,7 +74,7 @@ def _read_label_file(path: str) -> Dict[str, str]:
                 if not fields:
                     continue
                 if len(fields) < 2:
-                    raise ValueError(f"{path}:{line_no}: expected 'filename class'")
+                    raise SourceError(f"{path}:{line_no}: expected 'filename class'")
                 mapping[fields[0]] = fields[1]
     return mapping
 
@@ -65,6 +83,8 @@ def scan_flat_with_labels(folder: str, label_file: str, classes: Optional[List[s
     """A flat folder of images plus a label file mapping file names (with or without
     extension) to class ids or indices."""
     mapping = _read_label_file(label_file)
+    if not mapping:
+        raise SourceError(f"{label_file} lists no files")
     values = sorted(set(mapping.values()))
     if classes is None:
         if all(v.isdigit() for v in values):
@@ -86,11 +106,13 @@ def scan_flat_with_labels(folder: str, label_file: str, classes: Optional[List[s
             if cls.isdigit() and int(cls) < len(classes):
                 items.append((path, int(cls)))
                 continue
-            raise ValueError(f"{label_file}: class {cls!r} of {name} is not a known class")
+            raise SourceError(f"{label_file}: class {cls!r} of {name} is not a known class")
         items.append((path, index[cls]))
     if missing:
-        raise ValueError(f"{len(missing)} file(s) in {folder} have no label in {label_file}, "
-                         f"e.g. {missing[:3]}")
+        raise SourceError(f"{len(missing)} file(s) in {folder} have no label in {label_file}, "
+                          f"e.g. {missing[:3]}")
+    if not items:
+        raise SourceError(f"{folder} holds no files to pack")
     return items, classes
 
 
@@ -102,8 +124,17 @@ def read_lst(lst_path: str, root: str = ""):
             fields = line.rstrip("\n").split("\t")
             if len(fields) < 3:
                 if line.strip():
-                    raise ValueError(f"{lst_path}:{line_no}: expected index<TAB>label<TAB>path")
+                    raise SourceError(f"{lst_path}:{line_no}: expected index<TAB>label<TAB>path")
                 continue
-            items.append((os.path.join(root, fields[-1]), int(float(fields[1]))))
+            try:
+                label = int(float(fields[1]))
+            except ValueError:
+                raise SourceError(f"{lst_path}:{line_no}: label {fields[1]!r} is not a "
+                                  f"number") from None
+            if label < 0:
+                raise SourceError(f"{lst_path}:{line_no}: negative label {label}")
+            items.append((os.path.join(root, fields[-1]), label))
+    if not items:
+        raise SourceError(f"{lst_path} lists no files")
     classes = [str(i) for i in range(max((lab for _, lab in items), default=-1) + 1)]
     return items, classes

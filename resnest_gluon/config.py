@@ -3,23 +3,26 @@
 This module owns :class:`Config` and its sections, :func:`load_config` and validation. A YAML
 file lists only what differs from the defaults here; a command line adds ``section.key=value``
 overrides. Unknown or misspelt keys are errors that name the closest valid key; wrong types and
-out-of-range values are errors that name the key. Imports nothing else of the package.
+out-of-range values are errors that name the key. Imports nothing else of the package but
+:mod:`.errors` and :mod:`.paths`.
 """
 import dataclasses
 import difflib
 import hashlib
 import json
-import os
 from typing import Any, Dict, List, Optional, Sequence, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from .errors import UserError
+from .paths import atomic_write
 
 __all__ = ["Config", "ModelConfig", "DataConfig", "TrainConfig", "OptimConfig", "DistConfig",
            "ConfigError", "load_config", "parse_overrides", "config_hash", "to_dict", "dump_config",
            "validate", "read_yaml"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration mistake, with the offending key in the message."""
 
 
@@ -31,6 +34,7 @@ class ModelConfig:
     dropblock_prob: Optional[float] = None   # final DropBlock prob (stages 3-4); None: spec's
     final_drop: Optional[float] = None       # dropout before the classifier; None: spec's
     last_gamma: bool = True                  # zero-init the last BN gamma of each block
+    pretrained: str = ""    # start a fresh run from these weights (ours or published Gluon)
     overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -55,6 +59,7 @@ class DataConfig:
     mixup_off_epochs: int = 0       # no mixup in the last N epochs
     chunk: int = 128                # sequential-read chunk (records); see data/partition.py
     window: int = 2048              # shuffle window (records)
+    max_bad_fraction: float = 0.001     # unreadable records allowed per epoch / evaluation
 
 
 @dataclasses.dataclass
@@ -129,6 +134,7 @@ _RANGES = [
     ("data.mixup_off_epochs", lambda v: v >= 0, ">= 0"),
     ("data.chunk", lambda v: v >= 1, ">= 1"),
     ("data.window", lambda v: v >= 1, ">= 1"),
+    ("data.max_bad_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("model.dropblock_prob", lambda v: v is None or 0 <= v < 1, "in [0, 1)"),
     ("model.final_drop", lambda v: v is None or 0 <= v < 1, "in [0, 1)"),
     ("optim.lr", lambda v: v is None or v > 0, "> 0"),
@@ -315,6 +321,4 @@ def config_hash(config: Config) -> str:
 
 def dump_config(config: Config, path: str):
     """Write the resolved config as YAML."""
-    with open(path + ".tmp", "w") as handle:
-        yaml.safe_dump(to_dict(config), handle, sort_keys=False)
-    os.replace(path + ".tmp", path)
+    atomic_write(path, lambda handle: yaml.safe_dump(to_dict(config), handle, sort_keys=False))

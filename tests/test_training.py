@@ -133,15 +133,6 @@ def test_nan_loss_stops_naming_its_window_and_keeps_the_last_checkpoint(digits, 
     assert not os.path.exists(tmp_path / "final.params")
 
 
-def test_resuming_another_model_is_one_clear_error_and_keeps_the_runs_config(digits, tmp_path):
-    fit(load_config(None, tiny(digits, "train.max_steps=2")), str(tmp_path))
-    run = train_cli(tmp_path, tiny(digits, "model.name=resnest26"))
-    output = run.communicate(timeout=300)[0]
-    assert run.returncode == 1, output[-3000:]
-    assert "cannot resume from the newest checkpoint in" in output and "Traceback" not in output
-    assert load_config(str(tmp_path / "config.yaml")).model.name == "resnest14"
-
-
 def test_config_errors_exit_2_naming_the_key(digits, tmp_path):
     run = train_cli(tmp_path, tiny(digits, "train.epoch=3"))
     output = run.communicate(timeout=120)[0]

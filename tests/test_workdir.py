@@ -65,12 +65,14 @@ def test_kill_9_releases_the_workdir_and_leftovers_are_removed(digits, tmp_path)
 
 def test_a_workdir_that_is_a_file_is_one_clear_error(digits, tmp_path):
     (tmp_path / "taken").write_text("not a directory")
-    done = subprocess.run([sys.executable, TRAIN,
-                           "--workdir", str(tmp_path / "taken" / "run"),
-                           *overrides(digits, "train.epochs=1")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "a file is in the way" in done.stderr.strip().splitlines()[-1]
+    for workdir in (tmp_path / "taken", tmp_path / "taken" / "run"):
+        done = subprocess.run([sys.executable, TRAIN, "--workdir", str(workdir),
+                               *overrides(digits, "train.epochs=1")],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert f"--workdir {workdir}: a file is in the way" in \
+            done.stderr.strip().splitlines()[-1]
+    assert (tmp_path / "taken").read_text() == "not a directory"
 
 
 def test_labels_outside_num_classes_stop_before_the_first_step(digits, tmp_path):

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from .. import config as cfg
+from ..errors import UserError
 
 __all__ = ["GridError", "Point", "LaunchSettings", "SpeedSettings", "Grid", "load_grid",
            "point_tree", "point_config", "base_config"]
@@ -26,7 +27,7 @@ _WIDTH = re.compile(r"^(\d+)x(\d+)d$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
-class GridError(ValueError):
+class GridError(UserError, ValueError):
     """A mistake in the grid file or the point selection, naming the key or point."""
 
 

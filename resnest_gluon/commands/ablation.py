@@ -14,9 +14,9 @@ import sys
 import textwrap
 
 from .. import ablation
-from ..config import ConfigError
 from . import setup_logging
 from .bench_model import measure_in_subprocess
+from .cli import command
 
 log = logging.getLogger("ablation")
 
@@ -150,6 +150,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+@command("ablation", interrupted="interrupted; re-run the same command to go on")
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -170,12 +171,6 @@ def main(argv=None) -> int:
         steps = {"summary": [_summary], "train": [_train], "report": [_report],
                  "all": [_summary, _train, _report]}[args.command]
         return max(step(args, grid) for step in steps)
-    except (ablation.GridError, ConfigError) as err:
-        log.error("%s", err)
-        return 2
-    except KeyboardInterrupt:
-        log.warning("interrupted; re-run the same command to go on")
-        return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
 

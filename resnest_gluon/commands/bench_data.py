@@ -34,6 +34,7 @@ from ..data.autoaugment import AutoAugment
 from ..models import IMAGENET_MEAN_RGB as MEAN_RGB
 from ..models import IMAGENET_STD_RGB as STD_RGB
 from . import setup_logging
+from .cli import command
 
 log = logging.getLogger("bench_data")
 
@@ -228,6 +229,7 @@ def format_table(rows, cores):
     return "\n".join(lines)
 
 
+@command("bench-data")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("--images", type=int, default=960, help="images timed per row (960)")

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..peers import gluoncv_twin, randomize_batchnorm
 from . import setup_logging
+from .cli import command
 
 log = logging.getLogger("bench_model")
 
@@ -267,6 +268,7 @@ def format_table(rows, batch, size):
     return "\n".join(lines)
 
 
+@command("bench-model")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     parser.add_argument("models", nargs="*", default=["resnest50"], help="zoo names")

@@ -16,6 +16,7 @@ import sys
 import time
 
 from . import setup_logging
+from .cli import command
 
 log = logging.getLogger("demo")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,6 +37,7 @@ def _script(name):
     return [sys.executable, os.path.join(ROOT, "scripts", name)]
 
 
+@command("demo")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     parser.add_argument("--workdir", default="demo_output", help="outputs (demo_output)")

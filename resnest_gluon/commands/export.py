@@ -14,10 +14,11 @@ import sys
 import mxnet as mx
 import numpy as np
 
-from ..data.recordio import RecordFormatError, read_classes_file
+from ..data.recordio import read_classes_file
 from ..export import export_onnx, export_symbol, metadata_path, write_export_metadata
-from ..models.convert import WeightsMismatchError
+from ..paths import make_parent, output_prefix
 from . import setup_logging
+from .cli import command
 from .common import add_eval_arguments, add_model_arguments, load_network, settings_from_args
 
 log = logging.getLogger("export")
@@ -29,7 +30,8 @@ def build_parser():
     add_model_arguments(parser)
     parser.add_argument("--output", required=True,
                         help="output prefix: PREFIX-symbol.json, PREFIX-0000.params, "
-                             "PREFIX-meta.json, PREFIX.onnx")
+                             "PREFIX-meta.json, PREFIX.onnx; ending in / it names a folder and "
+                             "the files take the model's name (out/ -> out/resnest50-...)")
     add_eval_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=1, help="fixed batch size (1)")
     parser.add_argument("--classes", default=None,
@@ -55,20 +57,19 @@ def _class_names(args, config):
     return [name for _, name in read_classes_file(path)]
 
 
+@command("export")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    try:
-        net, config = load_network(args, mx.cpu())
-        settings = settings_from_args(args, config)
-        names = _class_names(args, config)
-    except (FileNotFoundError, WeightsMismatchError, RecordFormatError, ValueError) as err:
-        log.error("%s", err)
-        return 2
+    net, config = load_network(args, mx.cpu())
+    settings = settings_from_args(args, config)
+    names = _class_names(args, config)
     if names is not None and len(names) != net.classes:
         log.error("the classes file lists %d classes, the model has %d", len(names), net.classes)
         return 2
     name = config.model.name if config else args.model
+    args.output = output_prefix(args.output, name)
+    make_parent(args.output, "--output")
     for stale in (metadata_path(args.output), metadata_path(args.output + "-fused")):
         if os.path.exists(stale):   # never leave metadata beside files it does not describe
             os.remove(stale)

@@ -13,32 +13,51 @@ import mxnet as mx
 import numpy as np
 
 from ..data import EvalTransform, Normalization
-from ..data.recordio import RecordFormatError, read_classes_file
+from ..data.recordio import read_classes_file
+from ..data.transforms import DECODE_ERRORS
+from ..errors import UserError
 from ..export import load_exported, metadata_path, read_export_metadata
 from ..models import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, EvalSettings, eval_crop_ratio
 from . import setup_logging
+from .cli import command
 from .common import crop_ratio_type, input_size_type
 
 log = logging.getLogger("predict")
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A request that contradicts the export."""
 
 
 def predict(net, paths, settings: EvalSettings, names=None, top=5):
-    """Top-``top`` ``[(label, name, probability)]`` for each image file."""
+    """Classify each image file.
+
+    Yields
+    ------
+    tuple
+        ``(path, [(label, name, probability)] best first, None)``, or ``(path, None, reason)``
+        for a file that cannot be read as an image (missing, damaged, not an image, a
+        decompression bomb); the other files are still classified.
+    """
     transform = EvalTransform(settings.size, settings.crop_ratio, settings.interpolation)
     normalization = Normalization(settings.mean, settings.std)
-    results = []
     for path in paths:
-        with open(path, "rb") as handle:
-            x = normalization.image(transform(handle.read()))[None]
+        try:
+            with open(path, "rb") as handle:
+                x = normalization.image(transform(handle.read()))[None]
+        except DECODE_ERRORS as err:
+            yield path, None, _reason(err)
+            continue
         probs = mx.nd.softmax(net(mx.nd.array(x))).asnumpy()[0]
         best = np.argsort(-probs)[:top]
-        results.append([(int(i), (names or {}).get(int(i), str(i)), float(probs[i]))
-                        for i in best])
-    return results
+        yield path, [(int(i), (names or {}).get(int(i), str(i)), float(probs[i]))
+                     for i in best], None
+
+
+def _reason(err) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
 
 
 def resolve_settings(prefix, meta, size=None, crop_ratio=None) -> EvalSettings:
@@ -80,30 +99,34 @@ def build_parser():
     return parser
 
 
+@command("predict")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     symbol, params = f"{args.model}-symbol.json", f"{args.model}-0000.params"
-    for path in [symbol, params] + args.images:
+    for path in (symbol, params):
         if not os.path.isfile(path):
-            log.error("file not found: %s", path)
-            return 2
-    try:
-        meta = read_export_metadata(args.model)
-        settings = resolve_settings(args.model, meta, args.size, args.crop_ratio)
-        names = ([name for _, name in read_classes_file(args.classes)] if args.classes
-                 else (meta or {}).get("class_names"))
-        net = load_exported(symbol, params)
-        results = predict(net, args.images, settings, dict(enumerate(names or [])), args.top)
-    except (OSError, ValueError, RecordFormatError) as err:
-        log.error("%s", err)
-        return 2
-    for path, top in zip(args.images, results):
-        if args.json:
+            raise UsageError(f"export file not found: {path} (--model is the prefix given to "
+                             f"export.py --output)")
+    meta = read_export_metadata(args.model)
+    settings = resolve_settings(args.model, meta, args.size, args.crop_ratio)
+    names = ([name for _, name in read_classes_file(args.classes)] if args.classes
+             else (meta or {}).get("class_names"))
+    net = load_exported(symbol, params)
+    failed = 0
+    for path, top, reason in predict(net, args.images, settings, dict(enumerate(names or [])),
+                                     args.top):
+        if top is None:
+            failed += 1
+            log.error("%s: cannot classify: %s", path, reason)
+        elif args.json:
             print(json.dumps({"image": path, "top": [{"label": k, "name": n, "prob": p}
-                                                      for k, n, p in top]}))
+                                                      for k, n, p in top]}), flush=True)
         else:
-            print(path + ": " + ", ".join(f"{n} ({p:.1%})" for _, n, p in top))
+            print(path + ": " + ", ".join(f"{n} ({p:.1%})" for _, n, p in top), flush=True)
+    if failed:
+        log.error("%d of %d image(s) could not be classified", failed, len(args.images))
+        return 2
     return 0
 
 

@@ -21,6 +21,7 @@ from ..training.scaling import (
     speed_ratios,
 )
 from . import setup_logging
+from .cli import command
 
 
 def _pairs(values, convert, what):
@@ -100,6 +101,7 @@ def _check(args):
     return None
 
 
+@command("resnest-scaling")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()

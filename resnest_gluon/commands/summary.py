@@ -5,6 +5,7 @@ import sys
 from .. import list_models
 from ..models.summary import model_summary, zoo_table
 from . import setup_logging
+from .cli import command
 
 
 def build_parser():
@@ -24,6 +25,7 @@ def build_parser():
     return parser
 
 
+@command("resnest-summary")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()

@@ -10,12 +10,10 @@ import logging
 import os
 import sys
 
-from ..config import ConfigError, load_config
-from ..data import DataError
-from ..data.recordio import MissingIndexError, RecordFormatError
-from ..training import TrainingError, fit
-from ..training.workdir import WorkdirBusy
+from ..config import load_config
+from ..training import fit
 from . import setup_logging
+from .cli import command
 
 log = logging.getLogger("train")
 
@@ -35,28 +33,12 @@ def build_parser():
     return parser
 
 
+@command("train", interrupted="interrupted; relaunch to resume from the last checkpoint")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
     setup_logging(args.verbose, rank)
-    try:
-        config = load_config(args.config, args.overrides)
-        summary = fit(config, args.workdir)
-    except WorkdirBusy as err:
-        log.error("%s", err)
-        return 2
-    except ConfigError as err:
-        log.error("config error: %s", err)
-        return 2
-    except (FileNotFoundError, MissingIndexError, RecordFormatError, DataError) as err:
-        log.error("data error: %s", err)
-        return 2
-    except TrainingError as err:
-        log.error("%s", err)
-        return 1
-    except KeyboardInterrupt:
-        log.error("interrupted; relaunch to resume from the last checkpoint")
-        return 130
+    summary = fit(load_config(args.config, args.overrides), args.workdir)
     if rank == 0:
         last = summary.get("last_eval") or {}
         log.info("%s at step %d%s; outputs in %s", summary["status"], summary["global_step"],

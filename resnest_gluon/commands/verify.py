@@ -1,23 +1,22 @@
 """``scripts/verify.py``: top-1 / top-5 of a model on RecordIO validation shards.
 
 Counts are exact: every image once across ranks (also under horovodrun), summed, and the number
-of images is printed. Published Gluon weights load through the converter.
+of images is printed. An unreadable record stops it (exit 2, naming the shards) unless
+--allow-bad-records, which scores the other images and says how many were left out. Published
+Gluon weights load through the converter.
 """
 import argparse
 import json
 import logging
-import os
 import sys
 
 from ..data import ShardSet
-from ..data.loader import DataError
-from ..data.recordio import MissingIndexError, RecordFormatError
-from ..models.convert import WeightsMismatchError
+from ..paths import make_parent
 from ..training.dist import init_distributed
-from ..training.errors import EvaluationError
 from ..training.evaluate import evaluate
 from ..training.setup import default_context
 from . import setup_logging
+from .cli import command
 from .common import add_eval_arguments, add_model_arguments, load_network, settings_from_args
 
 log = logging.getLogger("verify")
@@ -34,29 +33,29 @@ def build_parser():
     parser.add_argument("--workers", type=int, default=2, help="decoding processes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--per-class-csv", help="write per-class accuracy here")
+    parser.add_argument("--allow-bad-records", action="store_true",
+                        help="score the readable images when some records are unreadable "
+                             "(they are left out and counted); without it they are an error")
     return parser
 
 
+@command("verify")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     dist = init_distributed()
     setup_logging(rank=dist.rank)
     ctx = default_context(dist.local_rank)
-    try:
-        net, config = load_network(args, ctx)
-        settings = settings_from_args(args, config)
-        shards = ShardSet(args.rec_val)
-        net.hybridize(static_alloc=True, static_shape=True)
-        result = evaluate(net, shards, dist, settings, args.batch_size, args.workers,
-                          net.classes, ctx, per_class=bool(args.per_class_csv))
-    except (FileNotFoundError, MissingIndexError, RecordFormatError, DataError,
-            WeightsMismatchError, EvaluationError, ValueError) as err:
-        log.error("%s", err)
-        return 2
+    net, config = load_network(args, ctx)
+    settings = settings_from_args(args, config)
+    shards = ShardSet(args.rec_val)
+    net.hybridize(static_alloc=True, static_shape=True)
+    result = evaluate(net, shards, dist, settings, args.batch_size, args.workers,
+                      net.classes, ctx, per_class=bool(args.per_class_csv),
+                      max_unreadable=None if args.allow_bad_records else 0)
     if dist.rank != 0:
         return 0
     if args.per_class_csv:
-        os.makedirs(os.path.dirname(os.path.abspath(args.per_class_csv)), exist_ok=True)
+        make_parent(args.per_class_csv, "--per-class-csv")
         with open(args.per_class_csv, "w") as handle:
             handle.write("class,correct,images,accuracy\n")
             for label, (correct, total) in enumerate(result["per_class"]):
@@ -67,8 +66,10 @@ def main(argv=None) -> int:
                           "images": result["images"], "unreadable": result["unreadable"],
                           **settings.to_dict()}))
     else:
+        left_out = (f" ({result['unreadable']} of {len(shards)} records unreadable, left out)"
+                    if result["unreadable"] else "")
         print(f"top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  on "
-              f"{result['images']} images  (size {settings.size}, crop ratio "
+              f"{result['images']} images{left_out}  (size {settings.size}, crop ratio "
               f"{settings.crop_ratio:.3f}, {settings.interpolation}, {dist.size} worker(s))")
     return 0
 

@@ -1,6 +1,7 @@
 """The input side: RecordIO shards, partitions across ranks, transforms and parallel loading.
 
-Imports only MXNet, NumPy, Pillow and OpenCV; never ``models``, ``training`` or ``config``.
+Imports only MXNet, NumPy, Pillow, OpenCV and the package's error base (``..errors``); never
+``models``, ``training`` or ``config``.
 """
 from .loader import BatchLoader, DataError, augmentation_rng
 from .mix import MixConfig, mixup, soft_targets, targets_for_batch

@@ -16,6 +16,7 @@ A record that cannot be decoded is replaced by another record of the same batch,
 reported with its shard and index (rate-limited); a label outside ``[0, classes)`` stops the
 run with an error naming the shard and index.
 """
+import collections
 import logging
 import multiprocessing as mp
 import os
@@ -30,15 +31,17 @@ from typing import Callable, Optional, Sequence
 import mxnet as mx
 import numpy as np
 
+from ..errors import UserError
 from .normalize import Normalization
 from .recordio import ShardSet, unpack_record
+from .transforms import DECODE_ERRORS
 
 __all__ = ["BatchLoader", "DataError", "augmentation_rng"]
 
 log = logging.getLogger(__name__)
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """Bad data that must stop the run (e.g. a label outside the class range)."""
 
 
@@ -74,7 +77,7 @@ def _store(pixels, pos, rgb, normalization):
 
 
 def _worker_loop(shards, transform, task_queue, result_queue, shm_name, layout, classes, seed,
-                 epoch):
+                 epoch, unreadable_label):
     # A worker whose main process vanished (kill -9) exits instead of waiting forever.
     parent = os.getppid()
     shm = shared_memory.SharedMemory(name=shm_name)
@@ -99,7 +102,7 @@ def _worker_loop(shards, transform, task_queue, result_queue, shm_name, layout, 
                         header, image = unpack_record(shards.read(int(index)))
                         label = header.class_label
                         rgb = transform(image, rng)
-                    except (OSError, ValueError, SyntaxError) as err:
+                    except DECODE_ERRORS as err:
                         corrupt.append((int(index), f"{type(err).__name__}: {err}"))
                         continue
                     if classes and not 0 <= label < classes:
@@ -116,7 +119,8 @@ def _worker_loop(shards, transform, task_queue, result_queue, shm_name, layout, 
                     for n, pos in enumerate(bad_positions):
                         donor = good[n % len(good)]
                         pixels[pos] = pixels[donor]
-                        labels[pos] = labels[donor]
+                        labels[pos] = (labels[donor] if unreadable_label is None
+                                       else unreadable_label)
                 result_queue.put((batch_no, len(indices), corrupt, None))
             except Exception as err:  # pylint: disable=broad-except
                 message = f"{err}" if isinstance(err, DataError) else traceback.format_exc()
@@ -160,6 +164,11 @@ class BatchLoader:
         less to copy; :meth:`Normalization.batch` normalises it on the device).
     ctx : mxnet.Context, optional
         Where the NDArrays are created (default CPU).
+    unreadable_label : float, optional
+        The label an unreadable record's place in its batch gets. Its pixels are always
+        another record's of the batch (the batch keeps its shape); None (training) also gives
+        it that record's label, a value such as -1 (evaluation) marks it, so that nothing is
+        counted for it.
 
     Yields
     ------
@@ -171,7 +180,7 @@ class BatchLoader:
                  classes: Optional[int] = None, workers: int = 2, prefetch: int = 2,
                  seed: int = 0, epoch: int = 0,
                  normalization: Optional[Normalization] = None, ctx=None,
-                 report_every: float = 30.0):
+                 report_every: float = 30.0, unreadable_label: Optional[float] = None):
         self.shards = shards
         self.batches = list(batches)
         self.transform = transform
@@ -183,6 +192,8 @@ class BatchLoader:
         self.normalization = normalization
         self.ctx = ctx or mx.cpu()
         self.corrupt_count = 0
+        self.corrupt_by_shard = collections.Counter()
+        self.unreadable_label = unreadable_label
         self.images_loaded = 0
         self._report_every = report_every
         self._last_report = 0.0
@@ -195,10 +206,18 @@ class BatchLoader:
     def batch_size(self):
         return max((len(b) for b in self.batches), default=0)
 
+    def corrupt_shards(self, limit: int = 5) -> str:
+        """Where this loader's unreadable records were, most first: ``a.rec (12), b.rec (3)``."""
+        top = self.corrupt_by_shard.most_common()
+        text = ", ".join(f"{name} ({count})" for name, count in top[:limit])
+        return text + (f" and {len(top) - limit} more shard(s)" if len(top) > limit else "")
+
     def _note_corrupt(self, corrupt):
         self.corrupt_count += len(corrupt)
         now = time.monotonic()
         for index, reason in corrupt:
+            self.corrupt_by_shard[os.path.basename(
+                self.shards.paths[self.shards.locate(index)[0]])] += 1
             # the first 10 individually, then at most one line per report interval
             if self._reported < 10 or now - self._last_report > self._report_every:
                 log.warning("skipped unreadable record %s (%s); %d skipped so far",
@@ -240,7 +259,7 @@ class BatchLoader:
             tasks.put((batch_no, 0, indices))
             tasks.put(None)
             _worker_loop(self.shards, self.transform, tasks, results, shm.name, layout,
-                         self.classes, self.seed, self.epoch)
+                         self.classes, self.seed, self.epoch, self.unreadable_label)
             yield self._collect(results.get(), shm, 0, layout)
 
     def _iter_workers(self, shm, layout, slots):
@@ -250,7 +269,7 @@ class BatchLoader:
         procs = [context.Process(
             target=_worker_main, daemon=True,
             args=(self.shards, self.transform, task_queues[w], result_queues[w], shm.name,
-                  layout, self.classes, self.seed, self.epoch))
+                  layout, self.classes, self.seed, self.epoch, self.unreadable_label))
             for w in range(self.workers)]
         for proc in procs:
             proc.start()

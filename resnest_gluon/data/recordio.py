@@ -28,10 +28,13 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = ["MAGIC", "RecordFormatError", "MissingIndexError", "IRHeader", "pack_record",
            "unpack_record", "RecordWriter", "RecordFile", "ShardSet", "shard_name",
            "resolve_shards", "rebuild_index", "sha256_file", "read_classes_file",
-           "find_manifest"]
+           "find_manifest", "ShardSetError", "ShardNotFoundError", "shard_prefix", "shard_numbers",
+           "set_files"]
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -40,11 +43,15 @@ _LREC = struct.Struct("<II")
 _LENGTH_MASK = (1 << 29) - 1
 
 
-class RecordFormatError(ValueError):
+class RecordFormatError(UserError, ValueError):
     """A record or index that does not follow the format (names shard and position)."""
 
 
-class MissingIndexError(FileNotFoundError):
+class ShardNotFoundError(UserError, FileNotFoundError):
+    """No record file where the user said there is one."""
+
+
+class MissingIndexError(UserError, FileNotFoundError):
     """A ``.rec`` file without its ``.idx``."""
 
 
@@ -171,14 +178,16 @@ class RecordFile:
     """Random access to the records of one ``.rec`` through its ``.idx``.
 
     The file is opened lazily in the process that reads, so instances can be shared with
-    forked workers.
+    forked workers. A file that ends before the last record its index lists is refused
+    (:class:`RecordFormatError`) unless ``check_end`` is False (``recordio_tools check``
+    reports such records one by one).
     """
 
-    def __init__(self, rec_path: str, idx_path: Optional[str] = None):
+    def __init__(self, rec_path: str, idx_path: Optional[str] = None, check_end: bool = True):
         self.rec_path = rec_path
         self.idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
         if not os.path.isfile(rec_path):
-            raise FileNotFoundError(f"record file not found: {rec_path}")
+            raise ShardNotFoundError(f"record file not found: {rec_path}")
         if not os.path.isfile(self.idx_path):
             raise MissingIndexError(
                 f"index file {self.idx_path} is missing for {rec_path}; build it with: "
@@ -187,6 +196,31 @@ class RecordFile:
         self.size = os.path.getsize(rec_path)
         self._handle = None
         self._pid = None
+        if check_end:
+            self._check_end()
+
+    def _check_end(self):
+        """Refuse a ``.rec`` that ends before the last record its index lists (a copy or
+        download cut short): reads that one record, not the file."""
+        if not len(self.offsets):
+            return
+        last = int(self.offsets.max())
+        try:
+            self.read_at(last)
+        except RecordFormatError as err:
+            if "past the end" not in str(err) and last + _LREC.size <= self.size:
+                raise RecordFormatError(
+                    f"{self.rec_path}: the last record its index lists is unreadable ({err}); "
+                    f"is {self.idx_path} the index of another file? Rebuild it with: python "
+                    f"-m recordio_tools index {self.rec_path}") from None
+            beyond = int(np.sum(self.offsets + _LREC.size > self.size))
+            raise RecordFormatError(
+                f"{self.rec_path} is truncated: its index lists {len(self.offsets)} records "
+                f"but the file ends at byte {self.size}"
+                f"{f', before {beyond} of them' if beyond else ''} (an interrupted copy? "
+                f"copy or pack it again)") from None
+        finally:
+            self.close()
 
     def __len__(self):
         return len(self.offsets)
@@ -300,11 +334,17 @@ def read_classes_file(path: str) -> List[Tuple[str, str]]:
     ``(class id, name)`` in label order."""
     rows = []
     with open(path) as handle:
-        for line in handle:
+        for line_no, line in enumerate(handle, 1):
             if line.strip() and not line.startswith("#"):
                 fields = line.rstrip("\n").split("\t")
+                if len(fields) < 2 or not fields[0].strip().isdigit():
+                    raise RecordFormatError(f"{path}:{line_no}: expected 'index<TAB>class id"
+                                            f"<TAB>name' (a classes file written by pack), got "
+                                            f"{line.strip()[:60]!r}")
                 name = fields[2] if len(fields) > 2 else fields[1]
                 rows.append((int(fields[0]), fields[1], name))
+    if not rows:
+        raise RecordFormatError(f"{path} lists no classes")
     rows.sort()
     if [i for i, _, _ in rows] != list(range(len(rows))):
         raise RecordFormatError(f"{path}: class indices are not 0..{len(rows) - 1}")
@@ -316,7 +356,33 @@ def shard_name(prefix: str, index: int, total: int, ext: str = ".rec") -> str:
     return f"{prefix}-{index:05d}-of-{total:05d}{ext}"
 
 
-_SHARD_RE = re.compile(r"-(\d{5})-of-(\d{5})\.rec$")
+_SHARD_RE = re.compile(r"-(\d{5})-of-(\d{5})\.(rec|idx|json|rec\.tmp|idx\.tmp)$")
+
+
+class ShardSetError(UserError, ValueError):
+    """Shard files that do not form one complete set (stray, mixed or missing shards)."""
+
+
+def shard_prefix(path: str) -> Optional[str]:
+    """``/data/train`` for ``/data/train-00003-of-00008.rec`` (also its .idx/.json); None for
+    a file that is not named as a shard."""
+    match = _SHARD_RE.search(path)
+    return path[:match.start()] if match else None
+
+
+def shard_numbers(path: str) -> Tuple[int, int]:
+    """``(3, 8)`` for ``PREFIX-00003-of-00008.rec`` (also its .idx/.json)."""
+    match = _SHARD_RE.search(path)
+    if match is None:
+        raise ValueError(f"{path} is not named as a shard (PREFIX-xxxxx-of-yyyyy.rec)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def set_files(prefix: str) -> List[str]:
+    """Every file of the shard sets named ``prefix`` on disk, whatever their count: shards,
+    indexes, per-shard stats and unfinished temporaries (not the manifest)."""
+    return sorted(p for p in glob.glob(glob.escape(prefix) + "-*-of-*")
+                  if shard_prefix(p) == prefix)
 
 
 def resolve_shards(spec: Union[str, Sequence[str]]) -> List[str]:
@@ -324,8 +390,17 @@ def resolve_shards(spec: Union[str, Sequence[str]]) -> List[str]:
 
     Accepted: a ``.rec`` file (one shard, e.g. im2rec output), a shard prefix
     (``/data/train`` for ``/data/train-*-of-*.rec``), a glob, a directory holding shards, or a
-    list of any of these. Raises ``FileNotFoundError`` naming the spec if nothing matches and
-    ``ValueError`` if a shard set is incomplete.
+    list of any of these. Shards named ``PREFIX-xxxxx-of-yyyyy.rec`` must form complete sets:
+    where ``PREFIX.manifest.json`` exists, exactly the shards it lists; without a manifest, one
+    count ``yyyyy`` and every number below it.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing matches ``spec``.
+    ShardSetError
+        A set is incomplete, holds shards its manifest does not list (left by an earlier pack
+        of the same prefix), or mixes counts.
     """
     if not isinstance(spec, str):
         paths = []
@@ -339,22 +414,73 @@ def resolve_shards(spec: Union[str, Sequence[str]]) -> List[str]:
     elif glob.has_magic(spec):
         candidates = sorted(p for p in glob.glob(spec) if p.endswith(".rec"))
     else:
-        candidates = sorted(glob.glob(glob.escape(spec) + "-*-of-*.rec"))
+        candidates = [p for p in set_files(spec) if p.endswith(".rec")]
         if not candidates and os.path.isfile(spec + ".rec"):
             candidates = [spec + ".rec"]
     if not candidates:
-        raise FileNotFoundError(f"no RecordIO files match {spec!r} (give a .rec file, a shard "
+        raise ShardNotFoundError(f"no RecordIO files match {spec!r} (give a .rec file, a shard "
                                 f"prefix such as /data/train for train-00000-of-00008.rec, a "
                                 f"glob, or a directory)")
-    totals = {m.group(2) for m in map(_SHARD_RE.search, candidates) if m}
-    if len(totals) == 1 and len(candidates) == len([c for c in candidates if _SHARD_RE.search(c)]):
-        expected = int(totals.pop())
-        if len(candidates) != expected:
-            present = {int(_SHARD_RE.search(c).group(1)) for c in candidates}
-            missing = sorted(set(range(expected)) - present)[:5]
-            raise ValueError(f"{spec!r}: {len(candidates)} of {expected} shards present; "
-                             f"missing shard numbers {missing} (an interrupted pack? re-run it)")
+    sets = {}
+    for path in candidates:
+        sets.setdefault(shard_prefix(path), []).append(path)
+    for prefix, paths in sets.items():
+        if prefix is not None:
+            _check_shard_set(spec, prefix, paths)
     return candidates
+
+
+def _check_shard_set(spec: str, prefix: str, paths: List[str]):
+    """Raise :class:`ShardSetError` unless ``paths`` are exactly one complete set."""
+    name = os.path.basename(prefix)
+    manifest = prefix + ".manifest.json"
+    if os.path.isfile(manifest):
+        listed = _manifest_shards(manifest)
+        stray = sorted(os.path.basename(p) for p in paths if os.path.basename(p) not in listed)
+        if stray:
+            raise ShardSetError(
+                f"{spec!r}: {len(stray)} shard(s) of {name} are not in its manifest "
+                f"{manifest}: {_first(stray)}. They are left from another pack of the same "
+                f"prefix (with another --shards count?): delete them, or pack again with "
+                f"--overwrite")
+        present = {os.path.basename(p) for p in paths}
+        missing = sorted(listed - present)
+        if missing:
+            raise ShardSetError(f"{spec!r}: {len(listed) - len(missing)} of {len(listed)} "
+                                f"shards present; missing {_first(missing)}, listed in "
+                                f"{os.path.basename(manifest)} (an interrupted copy or pack? "
+                                f"copy or pack them again)")
+        return
+    counts = {}
+    for path in paths:
+        counts.setdefault(shard_numbers(path)[1], []).append(path)
+    if len(counts) > 1:
+        kinds = ", ".join(f"{len(v)} file(s) -of-{n:05d}" for n, v in sorted(counts.items()))
+        raise ShardSetError(f"{spec!r}: the shards of {name} are from packs with different "
+                            f"counts ({kinds}) and there is no {os.path.basename(manifest)} to "
+                            f"say which is current: delete the stale set")
+    expected = next(iter(counts))
+    if len(paths) != expected:
+        present = {shard_numbers(p)[0] for p in paths}
+        missing = sorted(set(range(expected)) - present)
+        raise ShardSetError(f"{spec!r}: {len(paths)} of {expected} shards present; missing "
+                            f"shard numbers {missing[:5]} (an interrupted pack? re-run it)")
+
+
+def _first(names: Sequence[str], count: int = 3) -> str:
+    shown = ", ".join(names[:count])
+    return shown + (f" and {len(names) - count} more" if len(names) > count else "")
+
+
+def _manifest_shards(path: str) -> set:
+    """The ``.rec`` names a manifest lists; :class:`ShardSetError` when it is unreadable."""
+    try:
+        with open(path) as handle:
+            return {shard["rec"] for shard in json.load(handle)["shards"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ShardSetError(f"{path} is unreadable ({type(err).__name__}: {err}); pack the "
+                            f"set again, or delete the manifest to use the shards as they "
+                            f"are") from None
 
 
 class ShardSet:
@@ -416,10 +542,8 @@ class ShardSet:
 
 def find_manifest(rec_path: str) -> Optional[str]:
     """``PREFIX.manifest.json`` of a shard ``PREFIX-xxxxx-of-yyyyy.rec``, if present."""
-    base = rec_path[:-4]
-    if "-of-" in base:
-        base = base.rsplit("-", 3)[0]
-    path = base + ".manifest.json"
+    prefix = shard_prefix(rec_path) or rec_path[:-4]
+    path = prefix + ".manifest.json"
     return path if os.path.isfile(path) else None
 
 

@@ -26,7 +26,8 @@ from PIL import Image
 from .autoaugment import AutoAugment
 
 __all__ = ["decode", "random_resized_crop_box", "TrainTransform", "EvalTransform",
-           "color_jitter_matrix", "INTERPOLATIONS", "resample_filter", "to_rgb"]
+           "color_jitter_matrix", "INTERPOLATIONS", "resample_filter", "to_rgb",
+           "DECODE_ERRORS"]
 
 # ImageNet RGB covariance: eigenvalues and eigenvectors (columns), 0-255 scale.
 PCA_EIGVAL = np.array([55.46, 4.794, 1.148])
@@ -70,6 +71,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img.convert("RGB")
     grey = np.clip(np.rint(np.nan_to_num(values)), 0, 255).astype(np.uint8)
     return Image.fromarray(grey, "L").convert("RGB")
+
+
+# What decoding a damaged or hostile image raises: Pillow's errors for truncated and unknown
+# data (OSError, SyntaxError, ValueError) and its refusal of images with more than twice
+# Image.MAX_IMAGE_PIXELS pixels (a decompression bomb).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def decode(image_bytes: bytes, draft_size: Optional[Tuple[int, int]] = None) -> Image.Image:

@@ -18,13 +18,19 @@ import os
 
 import mxnet as mx
 
-__all__ = ["load_weights", "WeightsMismatchError"]
+from ..errors import UserError, reason_of
+
+__all__ = ["load_weights", "WeightsMismatchError", "WeightsFileError"]
 
 log = logging.getLogger(__name__)
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(UserError, ValueError):
     """The file's parameters do not fit the network (missing, extra or mis-shaped)."""
+
+
+class WeightsFileError(UserError, FileNotFoundError, ValueError):
+    """A weights file that is missing or not an MXNet parameter file."""
 
 
 def _strip_kind(name):
@@ -38,14 +44,14 @@ def _root_prefix(names):
 
 def _read(path):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise WeightsFileError(f"weights file not found: {path}")
     try:
         loaded = mx.nd.load(path)
     except mx.base.MXNetError as err:
-        raise ValueError(f"{path} is not an MXNet .params file ({str(err).splitlines()[0]})") \
-            from None
+        raise WeightsFileError(f"{path} is not an MXNet .params file "
+                               f"({reason_of(err)})") from None
     if not isinstance(loaded, dict) or not loaded:
-        raise ValueError(f"{path} holds no named parameters")
+        raise WeightsFileError(f"{path} holds no named parameters")
     return {_strip_kind(k): v for k, v in loaded.items()}
 
 

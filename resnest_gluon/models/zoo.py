@@ -9,11 +9,12 @@ import dataclasses
 import difflib
 from typing import Dict, Optional, Tuple
 
+from ..errors import UserError
 from .convert import load_weights
 from .resnest import ResNeSt
 
-__all__ = ["ModelSpec", "MODEL_SPECS", "get_model", "get_spec", "list_models", "eval_crop_ratio",
-           "IMAGENET_MEAN_RGB", "IMAGENET_STD_RGB"]
+__all__ = ["UnknownModelError", "ModelSpec", "MODEL_SPECS", "get_model", "get_spec",
+           "list_models", "eval_crop_ratio", "IMAGENET_MEAN_RGB", "IMAGENET_STD_RGB"]
 
 # The normalisation every published ResNeSt was trained with (0-255 RGB scale).
 IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -27,6 +28,10 @@ def eval_crop_ratio(size: int) -> float:
     side to ``size + 32`` before the centre crop.
     """
     return size / (size + 32.0) if size >= 320 else 0.875
+
+
+class UnknownModelError(UserError, ValueError):
+    """A model name that is not in the zoo (the message lists the valid ones)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +121,7 @@ def get_spec(name: str) -> ModelSpec:
     except KeyError:
         close = difflib.get_close_matches(str(name), MODEL_SPECS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown model {name!r}.{hint} Valid names: "
+        raise UnknownModelError(f"unknown model {name!r}.{hint} Valid names: "
                          f"{', '.join(MODEL_SPECS)}") from None
 
 

@@ -6,12 +6,14 @@ a run by passing their own callbacks to ``fit``. Hooks run on every rank; effect
 rank 0 should have check ``run.rank0``. ``on_step`` runs on the host after each step is
 queued: it must not read device values (that would stall the device every step).
 """
+import errno
 import logging
 import os
 import time
 
 from tqdm import tqdm
 
+from ..errors import DiskFullError
 from .metrics import MetricsLog, plot_curves
 
 __all__ = ["Callback", "Callbacks", "ProgressBar", "MetricsWriter", "CurvePlotter",
@@ -171,7 +173,9 @@ class Checkpointer(Callback):
         if state.global_step == self.saved_step:
             return
         tic = time.time()
-        run.checkpoints.save(run.net, run.trainer, run.checkpoint_meta(state), run.ema)
+        written_by_rank0(run, f"the checkpoint of step {state.global_step}",
+                         lambda: run.checkpoints.save(run.net, run.trainer,
+                                                      run.checkpoint_meta(state), run.ema))
         self.saved_step = state.global_step
         log.debug("checkpoint written in %.1f s", time.time() - tic)
 
@@ -182,12 +186,34 @@ class ModelFiles(Callback):
 
     def on_eval(self, run, state, result, improved, model):
         if improved:
-            run.checkpoints.save_model(model, "best.params")
+            self._save(run, model, "best.params")
 
     def on_end(self, run, state, model):
-        run.checkpoints.save_model(model, "final.params")
+        self._save(run, model, "final.params")
         if run.val_shards is None:
-            run.checkpoints.save_model(model, "best.params")
+            self._save(run, model, "best.params")
+
+    @staticmethod
+    def _save(run, model, name):
+        written_by_rank0(run, name, lambda: run.checkpoints.save_model(model, name))
+
+
+def written_by_rank0(run, what: str, write):
+    """Call ``write()``, which writes on rank 0 only, and make a full disk there stop every
+    rank alike (one allreduce when there are several ranks) instead of leaving the others
+    waiting in their next collective."""
+    failure = None
+    try:
+        write()
+    except DiskFullError as err:
+        failure = err
+    if run.dist.size > 1 and run.dist.allreduce_sum([float(failure is not None)],
+                                                    name="disk_full")[0] > 0:
+        failure = failure or DiskFullError(
+            errno.ENOSPC, f"rank 0 could not write {what} into {run.workdir}: no space left on "
+                          f"device (rank 0's line says how much it needs)", run.workdir)
+    if failure is not None:
+        raise failure
 
 
 def default_callbacks(run):

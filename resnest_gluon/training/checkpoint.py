@@ -11,31 +11,60 @@ This module owns :class:`CheckpointManager`. Layout under the work directory::
 
 A checkpoint is written into a temporary folder and renamed into place, and its ``meta.json``
 holds the checksums of the other files, so a checkpoint that is truncated or corrupted on
-disk is detected at resume and the one before it is used. Only rank 0 writes.
+disk is detected at resume and the one before it is used. Only rank 0 writes. Before writing,
+the free space is checked against the size of the newest checkpoint (or an estimate from the
+parameters); a full disk, then or during the write, removes the temporary folder and raises
+:class:`~resnest_gluon.errors.DiskFullError`, so the run stops with one line and the
+checkpoints before it stay whole for the relaunch.
 """
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import time
-from typing import Optional
+from typing import List, Optional
 
 import mxnet as mx
+import numpy as np
 
+from ..config import read_yaml
 from ..data.recordio import sha256_file
+from ..errors import reason_of
+from ..models.convert import WeightsMismatchError, match_parameters
+from ..paths import ensure_free_space, raise_if_full
 
-__all__ = ["CheckpointManager", "atomic_save_parameters"]
+__all__ = ["CheckpointManager", "atomic_save_parameters", "parameter_bytes",
+           "checkpoint_differences"]
+
+# The settings that decide a checkpoint's parameters: another value cannot resume it.
+_ARCHITECTURE_KEYS = (("model", "name"), ("model", "overrides"), ("data", "num_classes"))
 
 log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 
 def atomic_save_parameters(net, path):
-    """``net.save_parameters`` to a temporary name, then rename."""
+    """``net.save_parameters`` to a temporary name, then rename (a full disk: nothing left,
+    :class:`~resnest_gluon.errors.DiskFullError`)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    needed = int(1.1 * parameter_bytes(net.collect_params().values()))
+    ensure_free_space(folder, needed, os.path.basename(path))
     tmp = f"{path}.tmp{os.getpid()}"
-    net.save_parameters(tmp)
+    try:
+        net.save_parameters(tmp)
+    except (OSError, mx.base.MXNetError) as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise_if_full(err, folder, needed, os.path.basename(path))
+        raise
     os.replace(tmp, path)
+
+
+def parameter_bytes(params) -> int:
+    """Bytes the values of ``params`` (Gluon Parameters) take."""
+    return sum(int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize for p in params)
 
 
 class CheckpointManager:
@@ -76,7 +105,29 @@ class CheckpointManager:
         name = f"step-{meta['global_step']:08d}"
         final = os.path.join(self.folder, name)
         tmp = os.path.join(self.folder, f".tmp-{name}-{os.getpid()}")
+        needed = self._expected_bytes(net, ema)
+        ensure_free_space(self.folder, needed, f"checkpoint {name}")
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            meta = self._write_files(tmp, net, trainer, meta, ema)
+        except (OSError, mx.base.MXNetError) as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise_if_full(err, self.folder, needed, f"checkpoint {name}")
+            raise
+        if os.path.exists(final):   # e.g. a damaged checkpoint of this step: set it aside first
+            stale = f"{tmp}.stale"
+            os.replace(final, stale)
+            os.replace(tmp, final)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        self._rotate(meta.get("best_step"))
+        log.info("checkpoint %s (epoch %d, batch %d)", final, meta["epoch"], meta["batch"])
+        return final
+
+    @staticmethod
+    def _write_files(tmp, net, trainer, meta, ema):
+        """Write a checkpoint's files into the folder ``tmp``; returns the meta written."""
         os.makedirs(tmp)
         # oneDNN BatchNorm updates its running statistics without telling the engine
         # (apache/mxnet#18610): finish every pending operation before reading them.
@@ -93,16 +144,20 @@ class CheckpointManager:
             json.dump(meta, handle, indent=1)
             handle.flush()
             os.fsync(handle.fileno())
-        if os.path.exists(final):   # e.g. a damaged checkpoint of this step: set it aside first
-            stale = f"{tmp}.stale"
-            os.replace(final, stale)
-            os.replace(tmp, final)
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        self._rotate(meta.get("best_step"))
-        log.info("checkpoint %s (epoch %d, batch %d)", final, meta["epoch"], meta["batch"])
-        return final
+        return meta
+
+    def _expected_bytes(self, net, ema) -> int:
+        """What the next checkpoint will take, with a 10% margin: the newest one's size, or
+        at least the weights, one optimizer state per trainable weight and the average."""
+        params = list(net.collect_params().values())
+        trainable = [p for p in params if p.grad_req != "null"]
+        size = parameter_bytes(params) + parameter_bytes(trainable) * (2 if ema else 1)
+        steps = self._steps()
+        if steps:
+            folder = os.path.join(self.folder, steps[0][1])
+            size = max(size, sum(os.path.getsize(os.path.join(folder, name))
+                                 for name in os.listdir(folder)))
+        return int(1.1 * size)
 
     def _rotate(self, best_step):
         for n, (step, name) in enumerate(self._steps()):
@@ -139,10 +194,10 @@ class CheckpointManager:
                 log.warning("checkpoint %s is damaged (%s); using the one before it", folder, err)
         return None, None
 
-    def restore(self, net, trainer, ctx, ema=None):
-        """Load the newest complete checkpoint into ``net``, ``trainer`` and ``ema``; returns
-        its meta or None when there is none."""
-        folder, meta = self.latest()
+    def restore(self, net, trainer, ctx, ema=None, found=None):
+        """Load the newest complete checkpoint (or ``found``, a :meth:`latest` result) into
+        ``net``, ``trainer`` and ``ema``; returns its meta or None when there is none."""
+        folder, meta = found or self.latest()
         if folder is None:
             return None
         net.load_parameters(os.path.join(folder, "model.params"), ctx=ctx)
@@ -164,3 +219,47 @@ class CheckpointManager:
         if self.is_writer:
             mx.nd.waitall()
             atomic_save_parameters(net, os.path.join(self.workdir, name))
+
+
+def checkpoint_differences(folder: str, meta: dict, net, now: dict,
+                           config_file: Optional[str] = None) -> List[str]:
+    """Why the checkpoint in ``folder`` cannot be loaded into ``net``; empty when it can.
+
+    Parameters
+    ----------
+    folder, meta
+        The checkpoint and its meta.json (see :meth:`CheckpointManager.latest`).
+    net
+        The network of this run.
+    now : dict
+        This run's resolved config as a dict (``config.to_dict``).
+    config_file : str, optional
+        The run's config.yaml, for checkpoints whose meta does not hold their config.
+
+    Returns
+    -------
+    list of str
+        One entry per differing architecture setting (``model.name``, ``model.overrides``,
+        ``data.num_classes``) and one for the parameters (missing, extra, misshapen).
+    """
+    then = meta.get("config")
+    if then is None and config_file and os.path.isfile(config_file):
+        then = read_yaml(config_file)
+    differences = []
+    for section, key in _ARCHITECTURE_KEYS:
+        old = _plain(((then or {}).get(section) or {}).get(key))
+        new = _plain(now[section][key])
+        if old is not None and old != new:
+            differences.append(f"{section}.{key} {old!r} in the checkpoint, {new!r} now")
+    try:
+        match_parameters(net, mx.nd.load(os.path.join(folder, "model.params")))
+    except WeightsMismatchError as err:
+        differences.append(f"parameters: {err}")
+    except mx.base.MXNetError as err:
+        differences.append(f"model.params unreadable ({reason_of(err)})")
+    return differences
+
+
+def _plain(value):
+    """``value`` as JSON would give it back (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(value))

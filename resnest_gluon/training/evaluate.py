@@ -12,12 +12,13 @@ them (apache/mxnet#18610). The training network therefore only ever trains; its 
 copied out after ``mx.nd.waitall()``.
 """
 import logging
+from typing import Optional
 
 import mxnet as mx
 import numpy as np
 from tqdm import tqdm
 
-from ..data import BatchLoader, EvalTransform, Normalization, ShardSet, eval_batches
+from ..data import BatchLoader, DataError, EvalTransform, Normalization, ShardSet, eval_batches
 from ..models import EvalSettings, set_dropblock_prob
 from .errors import EvaluationError
 
@@ -32,7 +33,8 @@ def structural_params(net) -> dict:
 
 
 def evaluate(net, shards: ShardSet, dist, settings: EvalSettings, batch_size: int,
-             workers: int, classes: int, ctx, per_class: bool = False) -> dict:
+             workers: int, classes: int, ctx, per_class: bool = False,
+             max_unreadable: Optional[int] = 0) -> dict:
     """Top-1/top-5 over every record of ``shards`` exactly once across ranks.
 
     Parameters
@@ -49,44 +51,64 @@ def evaluate(net, shards: ShardSet, dist, settings: EvalSettings, batch_size: in
         Per-rank batch, decoding processes, number of classes.
     per_class : bool
         Also return per-class ``[correct, total]``.
+    max_unreadable : int, optional
+        Records that may be unreadable (summed over ranks); more raise
+        :class:`~resnest_gluon.data.DataError` naming them. None: no limit.
 
     Returns
     -------
     dict
-        ``top1``, ``top5`` (fractions), ``images`` (summed across ranks), ``unreadable``
-        (records that could not be decoded), and with ``per_class`` a ``(classes, 2)`` array.
+        ``top1``, ``top5`` (fractions of the images scored), ``images`` (images scored, summed
+        across ranks), ``unreadable`` (records that could not be decoded: not scored, not in
+        ``images``), and with ``per_class`` a ``(classes, 2)`` array.
     """
     batches = eval_batches(len(shards), batch_size, dist.rank, dist.size)
     loader = BatchLoader(shards, batches, EvalTransform(settings.size, settings.crop_ratio,
                                                         settings.interpolation),
                          settings.size, classes=classes, workers=workers, ctx=ctx,
-                         normalization=Normalization(settings.mean, settings.std))
-    hits = mx.nd.zeros((2,), ctx=ctx, dtype="float32")    # top-1, top-5, summed on the device
-    images = 0
+                         normalization=Normalization(settings.mean, settings.std),
+                         unreadable_label=_UNREADABLE)
+    sums = mx.nd.zeros((3,), ctx=ctx, dtype="float32")   # top-1, top-5, images: on the device
     class_counts = np.zeros((classes, 2)) if per_class else None
     for data, labels in tqdm(loader, desc="eval", unit="batch", disable=dist.rank != 0,
                              leave=False, dynamic_ncols=True):
         logits = net(data)
-        hits += topk_hits(logits, labels)
-        images += labels.shape[0]
+        sums += mx.nd.concat(topk_hits(logits, labels),
+                             mx.nd.sum(labels >= 0).astype("float32").reshape((1,)), dim=0)
         if per_class:
-            top1 = (logits.argmax(axis=1) == labels).asnumpy()
-            np.add.at(class_counts, labels.asnumpy().astype(int), np.stack(
+            scored = labels.asnumpy() >= 0
+            top1 = (logits.argmax(axis=1) == labels).asnumpy()[scored]
+            np.add.at(class_counts, labels.asnumpy()[scored].astype(int), np.stack(
                 [top1, np.ones_like(top1)], axis=1))
-    local = np.concatenate([hits.asnumpy().astype(np.float64),
-                            [images, loader.corrupt_count]])
+    local = np.concatenate([sums.asnumpy().astype(np.float64), [loader.corrupt_count]])
     total = dist.allreduce_sum(local, name="eval.counts")
     result = {"top1": total[0] / max(total[2], 1), "top5": total[1] / max(total[2], 1),
               "images": int(total[2]), "unreadable": int(total[3])}
     if per_class:
         result["per_class"] = dist.allreduce_sum(class_counts.ravel(), name="eval.per_class"
                                                  ).reshape(classes, 2)
-    if result["images"] != len(shards):
-        raise EvaluationError(f"evaluated {result['images']} images, the set has {len(shards)}")
+    if result["images"] + result["unreadable"] != len(shards):
+        raise EvaluationError(f"evaluated {result['images']} images and met "
+                              f"{result['unreadable']} unreadable records; the set has "
+                              f"{len(shards)}")
     if result["unreadable"]:
-        log.warning("%d unreadable validation records were replaced by others of their batch; "
-                    "the accuracy is approximate", result["unreadable"])
+        _check_unreadable(result["unreadable"], len(shards), max_unreadable, loader)
     return result
+
+
+# The label an unreadable record's place in a batch gets: never a class, so never counted.
+_UNREADABLE = -1.0
+
+
+def _check_unreadable(unreadable: int, records: int, allowed: Optional[int], loader):
+    where = loader.corrupt_shards()
+    where = f"; on this rank in {where}" if where else ""
+    if allowed is not None and unreadable > allowed:
+        raise DataError(f"{unreadable} of {records} validation records are unreadable (more "
+                        f"than the {allowed} allowed){where}. Check them with: python -m "
+                        f"recordio_tools check")
+    log.warning("%d of %d validation records are unreadable and not scored: the accuracy is "
+                "over the other %d%s", unreadable, records, records - unreadable, where)
 
 
 def topk_hits(logits, labels, k: int = 5):

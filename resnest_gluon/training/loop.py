@@ -22,12 +22,12 @@ bit for bit (same world size and machine type).
 import collections
 import logging
 import math
-import os
 import time
 
 import mxnet as mx
 
 from .. import config as cfg
+from ..data import DataError
 from ..models import set_dropblock_prob
 from .callbacks import Callbacks, default_callbacks
 from .dist import init_distributed
@@ -36,7 +36,7 @@ from .guards import StopFlag, Watchdog
 from .metrics import peak_memory_mb
 from .setup import restore_state, setup_run
 from .step import RunningStatistics, WindowMeter, train_step
-from .workdir import claim_workdir
+from .workdir import claim_workdir, record_config
 
 __all__ = ["fit", "train_one_epoch", "sync_window", "end_of_epoch"]
 
@@ -78,7 +78,7 @@ def _fit(config, workdir, dist, callbacks, stop):
     run = setup_run(config, workdir, dist)
     state = restore_state(run)
     if run.rank0:   # after the restore: a config that cannot resume leaves the old one
-        cfg.dump_config(config, os.path.join(workdir, "config.yaml"))
+        record_config(config, workdir, state.restored_step)
     last_eval, status = None, _limit_reached(run, state) or "finished"
     with Watchdog(config.train.stall_timeout) as watchdog, \
             Callbacks(default_callbacks(run) + list(callbacks)) as hooks:
@@ -146,7 +146,7 @@ def train_one_epoch(run, state, hooks, stop: StopFlag, watchdog: Watchdog) -> st
         hooks("on_step", run, state)
         if _window_ends(run, state):
             stop_requested, record = sync_window(run, state, meter, statistics, stop,
-                                                 time.time() - window_started)
+                                                 time.time() - window_started, loader)
             hooks("on_log", run, state, record)
             window_started = time.time()
             if stop_requested:
@@ -163,9 +163,10 @@ def train_one_epoch(run, state, hooks, stop: StopFlag, watchdog: Watchdog) -> st
 
 
 def sync_window(run, state, meter: WindowMeter, statistics: RunningStatistics, stop: StopFlag,
-                seconds: float):
-    """The end of a log window: read the window's sums (one transfer), sum them and the stop
-    votes over ranks (one allreduce), average the BatchNorm statistics, fail on a NaN.
+                seconds: float, loader=None):
+    """The end of a log window: read the window's sums (one transfer), sum them, the stop
+    votes and the epoch's unreadable records over ranks (one allreduce), average the
+    BatchNorm statistics, fail on a NaN or on more unreadable records than the budget.
 
     Returns
     -------
@@ -177,9 +178,10 @@ def sync_window(run, state, meter: WindowMeter, statistics: RunningStatistics, s
     if many:
         mx.nd.waitall()   # oneDNN BatchNorm statistics: see evaluate.py
     local = meter.read(statistics.vector() if many else None)
-    local = [*local[:3], float(stop.requested), *local[3:]]
+    unreadable = loader.corrupt_count if loader is not None else 0
+    local = [*local[:3], float(stop.requested), float(unreadable), *local[3:]]
     total = dist.allreduce_sum(local, name="window")
-    loss, correct, images, stops = total[:4]
+    loss, correct, images, stops, unreadable = total[:5]
     first = state.global_step - meter.steps + 1
     if not math.isfinite(loss):
         raise TrainingError(
@@ -187,16 +189,34 @@ def sync_window(run, state, meter: WindowMeter, statistics: RunningStatistics, s
             f"(epoch {state.epoch + 1}, lr up to {run.lr(state, before=1):.4g}); "
             f"stopping. The last good checkpoint is kept: lower optim.lr or check the data, "
             f"then relaunch to resume from it")
+    _check_unreadable(run, state, int(unreadable), loader)
     if many:
-        statistics.assign(total[4:] / dist.size)
+        statistics.assign(total[5:] / dist.size)
     state.epoch_sums.add(loss, correct, images)
     meter.reset()
     record = {"step": state.global_step, "epoch": state.epoch,
               "epoch_float": state.epoch + state.batch_in_epoch / run.steps_per_epoch,
               "loss": loss / max(images, 1), "top1": correct / max(images, 1),
               "lr": run.lr(state, before=1), "first_step": first,
-              "img_per_s": images / max(seconds, 1e-9), "peak_memory_mb": peak_memory_mb()}
+              "img_per_s": images / max(seconds, 1e-9), "peak_memory_mb": peak_memory_mb(),
+              "unreadable": int(unreadable)}
     return stops > 0, record
+
+
+def _check_unreadable(run, state, unreadable: int, loader):
+    """Stop (every rank alike: ``unreadable`` is the sum over ranks) when this epoch met more
+    unreadable training records than ``data.max_bad_fraction`` allows."""
+    records = len(run.train_shards)
+    allowed = run.bad_record_budget(records)
+    if unreadable <= allowed:
+        return
+    where = loader.corrupt_shards() if loader is not None else ""
+    raise DataError(
+        f"{unreadable} unreadable training records in epoch {state.epoch + 1}, more than the "
+        f"{allowed} that data.max_bad_fraction={run.config.data.max_bad_fraction:g} allows for "
+        f"{records} records{f'; on this rank in {where}' if where else ''}. Find them with "
+        f"python -m recordio_tools check, repair or re-pack the shards, then relaunch to "
+        f"resume from the last checkpoint")
 
 
 def end_of_epoch(run, state, hooks):

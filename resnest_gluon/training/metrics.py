@@ -8,6 +8,8 @@ import json
 import os
 import time
 
+from ..paths import atomic_write, raise_if_full
+
 __all__ = ["MetricsLog", "plot_curves", "read_metrics", "peak_memory_mb", "pyplot",
            "save_figure"]
 
@@ -29,8 +31,12 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {"kind": kind, "time": round(time.time(), 3), **fields}
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as err:   # a torn line is skipped by read_metrics
+            raise_if_full(err, os.path.dirname(os.path.abspath(self.path)), 0, self.path)
+            raise
 
     def truncate_after(self, step: int) -> int:
         """Drop the records of steps after ``step`` (and a torn last line); returns how many
@@ -43,10 +49,8 @@ class MetricsLog:
             lines = sum(1 for line in handle if line.strip())
         if len(keep) == lines:
             return 0
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in keep)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda handle: handle.writelines(json.dumps(r) + "\n"
+                                                                 for r in keep))
         return lines - len(keep)
 
 

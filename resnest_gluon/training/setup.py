@@ -6,6 +6,7 @@ the schedules, the evaluation network, and restoring a checkpoint into them
 """
 import dataclasses
 import logging
+import os
 from typing import Optional
 
 import mxnet as mx
@@ -21,10 +22,12 @@ from ..data import (
     batches_per_epoch,
     train_batches,
 )
+from ..errors import reason_of
 from ..models import EvalSettings, get_model, get_spec, resolve_eval_settings
-from .checkpoint import CheckpointManager
+from ..models.convert import load_weights
+from .checkpoint import CheckpointManager, checkpoint_differences
 from .ema import ParameterEMA
-from .errors import TrainingError
+from .errors import ResumeError, TrainingError
 from .evaluate import EvalNetwork, evaluate, structural_params
 from .precision import Precision, make_precision
 from .schedule import Schedule, dropblock_prob_at, peak_lr
@@ -46,8 +49,12 @@ def build_network(config: cfg.Config, classes: Optional[int] = None):
     overrides = dict(config.model.overrides)
     if config.model.final_drop is not None:
         overrides["final_drop"] = config.model.final_drop
-    return get_model(config.model.name, classes=classes or config.data.num_classes,
-                     last_gamma=config.model.last_gamma, **overrides)
+    try:
+        return get_model(config.model.name, classes=classes or config.data.num_classes,
+                         last_gamma=config.model.last_gamma, **overrides)
+    except (ValueError, TypeError) as err:   # the zoo's and the architecture's own checks
+        raise cfg.ConfigError(f"model.name={config.model.name}"
+                              f"{' with model.overrides' if overrides else ''}: {err}") from None
 
 
 def eval_settings(config: cfg.Config, size: Optional[int] = None,
@@ -119,17 +126,23 @@ class Run:
         """The evaluation network holding the weights to evaluate and save (EMA if on)."""
         return self.eval_net.load_from(self.net, self.ema.values() if self.ema else None)
 
+    def bad_record_budget(self, records: int) -> int:
+        """Unreadable records tolerated in one pass over ``records`` (``data.max_bad_fraction``);
+        more stop the run."""
+        return int(self.config.data.max_bad_fraction * records)
+
     def evaluate(self) -> dict:
         """Top-1/top-5 of :meth:`model_to_evaluate` on the validation shards."""
         dc = self.config.data
         return evaluate(self.model_to_evaluate(), self.val_shards, self.dist, self.eval_settings,
-                        self.config.train.batch_size, dc.workers, dc.num_classes, self.ctx)
+                        self.config.train.batch_size, dc.workers, dc.num_classes, self.ctx,
+                        max_unreadable=self.bad_record_budget(len(self.val_shards)))
 
     def checkpoint_meta(self, state: RunState) -> dict:
         """What a checkpoint's meta.json holds besides the files' checksums."""
         return dict(state.to_meta(), steps_per_epoch=self.steps_per_epoch,
                     world_size=self.dist.size, seed=self.config.train.seed,
-                    config_hash=cfg.config_hash(self.config),
+                    config_hash=cfg.config_hash(self.config), config=cfg.to_dict(self.config),
                     lr=self.lr(state), precision=self.precision.name,
                     precision_state=self.precision.state_dict())
 
@@ -187,10 +200,10 @@ def setup_run(config: cfg.Config, workdir: str, dist) -> Run:
     """Build the network, optimizer, precision, data and schedules of a run (no restore)."""
     ctx = default_context(dist.local_rank)
     precision = make_precision(config.train.dtype, on_gpu=ctx.device_type == "gpu")
+    precision.prepare()
+    net = _training_network(config, precision, ctx)   # a model mistake: before reading data
     train_shards, val_shards, steps_per_epoch = _open_data(config, dist)
     schedule = _schedule(config, steps_per_epoch, config.train.batch_size * dist.size)
-    precision.prepare()
-    net = _training_network(config, precision, ctx)
     oc = config.optim
     trainer = dist.make_trainer(net.collect_params(), "nag" if oc.nesterov else "sgd",
                                 {"learning_rate": schedule(0), "momentum": oc.momentum,
@@ -212,18 +225,43 @@ def setup_run(config: cfg.Config, workdir: str, dist) -> Run:
                                 else config.model.dropblock_prob))
 
 
+def _check_resumable(run: Run, folder: str, meta: dict):
+    """Raise :class:`ResumeError` listing what differs when ``folder`` does not fit ``run``."""
+    differences = checkpoint_differences(folder, meta, run.net, cfg.to_dict(run.config),
+                                         os.path.join(run.workdir, "config.yaml"))
+    if differences:
+        raise ResumeError(f"cannot resume from {folder}, it holds another model: "
+                          f"{'; '.join(differences)}. {_start_over(run, folder)}")
+
+
+def _start_over(run: Run, folder: str) -> str:
+    return (f"Relaunch with the run's own config ({run.workdir}/config.yaml), start fresh with "
+            f"another --workdir, or fine-tune from its weights in another --workdir with "
+            f"model.pretrained={os.path.join(folder, 'model.params')}")
+
+
 def restore_state(run: Run) -> RunState:
-    """Load the newest complete checkpoint (weights, optimizer, EMA, loss scale), make every
-    rank hold rank 0's weights, and return where the run stands."""
+    """Load the newest complete checkpoint (weights, optimizer, EMA, loss scale), or the
+    ``model.pretrained`` weights in a fresh run, make every rank hold rank 0's weights, and
+    return where the run stands.
+
+    Raises
+    ------
+    ResumeError
+        The checkpoint does not fit this run's model; the message lists the differences.
+    """
+    found = run.checkpoints.latest()
+    if found[0] is not None:
+        _check_resumable(run, *found)
     try:
-        meta = run.checkpoints.restore(run.net, run.trainer, run.ctx, run.ema)
+        meta = run.checkpoints.restore(run.net, run.trainer, run.ctx, run.ema, found=found)
     except (mx.base.MXNetError, ValueError, KeyError, AssertionError) as err:
-        reason = (str(err).strip() or type(err).__name__).splitlines()[0]
+        reason = reason_of(err)
         reason = reason.split(" Set allow_missing")[0].rstrip(". ")   # MXNet's hint: not ours
-        raise TrainingError(
-            f"cannot resume from the newest checkpoint in {run.checkpoints.folder}: {reason}. "
-            f"Its model or config differs from this one: relaunch with the run's own config "
-            f"({run.workdir}/config.yaml) or use another --workdir") from None
+        raise ResumeError(f"cannot resume from {found[0]}: {reason}. {_start_over(run, found[0])}"
+                          ) from None
+    if meta is None and run.config.model.pretrained:
+        load_weights(run.net, run.config.model.pretrained, ctx=run.ctx)
     state = RunState()
     if meta is not None:
         if meta.get("config_hash") != cfg.config_hash(run.config):

@@ -20,9 +20,14 @@ import os
 import shutil
 import socket
 
-from ..config import ConfigError
+import yaml
 
-__all__ = ["WorkdirLock", "WorkdirBusy", "prepare_workdir", "claim_workdir", "remove_leftovers"]
+from .. import config as cfg
+from ..config import ConfigError
+from ..paths import atomic_write, make_folder
+
+__all__ = ["WorkdirLock", "WorkdirBusy", "prepare_workdir", "claim_workdir", "remove_leftovers",
+           "record_config"]
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +41,7 @@ class WorkdirBusy(ConfigError):
 
 def prepare_workdir(workdir: str) -> str:
     """Create ``workdir`` (and its parents); a clear error when a file is in the way."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"--workdir {workdir}: a file is in the way (it or a parent is not a "
-                          f"directory)") from None
-    except PermissionError:
-        raise ConfigError(f"--workdir {workdir}: permission denied") from None
-    return workdir
+    return make_folder(workdir, "--workdir")
 
 
 class WorkdirLock:
@@ -141,3 +139,28 @@ def claim_workdir(workdir: str, dist):
         yield workdir
     finally:
         lock.release()
+
+
+def record_config(config, workdir: str, step: int) -> str:
+    """Write the run's resolved config to ``WORKDIR/config.yaml``; when it differs from the
+    one there, keep that one as ``config-<step>.yaml`` (the config the run had up to
+    ``step``, where this one takes over). Call once the run is known to be valid."""
+    path = os.path.join(workdir, "config.yaml")
+    text = yaml.safe_dump(cfg.to_dict(config), sort_keys=False)
+    if os.path.isfile(path):
+        with open(path) as handle:
+            previous = handle.read()
+        if previous == text:
+            return path
+        kept = _free_name(os.path.join(workdir, f"config-{step:08d}"), ".yaml")
+        atomic_write(kept, lambda handle: handle.write(previous))
+        log.info("the config changed: the previous one is kept as %s", kept)
+    atomic_write(path, lambda handle: handle.write(text))
+    return path
+
+
+def _free_name(stem: str, ext: str) -> str:
+    path, n = stem + ext, 1
+    while os.path.exists(path):
+        path, n = f"{stem}-{n}{ext}", n + 1
+    return path
