@@ -9,7 +9,7 @@ import sys
 
 import mxnet as mx
 import pytest
-from runs import ROOT, TRAIN, tiny
+from runs import ROOT, TRAIN, newest_meta, tiny
 
 from resnest_gluon import get_model
 from resnest_gluon.data import RecordWriter, ShardSet, pack_record, unpack_record
@@ -107,3 +107,20 @@ def test_verify_refuses_unreadable_records_unless_allowed_and_never_scores_them(
     assert round(result["top5"] * 36) == round(reference["top5"] * 36)
     text = _verify(weights, val, "--allow-bad-records").stdout
     assert "on 36 images (1 of 37 records unreadable, left out)" in text
+
+
+def test_unreadable_validation_records_stop_training_but_keep_the_epoch(digits, tmp_path):
+    val = _copy_set(digits[1], str(tmp_path / "val"), 1, garbage={5})
+    workdir = tmp_path / "run"
+    stopped = _run([TRAIN, "--workdir", str(workdir), *tiny((digits[0], val), "train.epochs=2")])
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert "1 of 37 validation records are unreadable (more than the 0 allowed)" in last
+    assert "val-00000-of-00001.rec" in last
+    assert newest_meta(workdir)["global_step"] == 6          # epoch 1's training is kept
+    # within the budget the relaunch goes on from there; the score leaves the record out
+    done = _run([TRAIN, "--workdir", str(workdir),
+                 *tiny((digits[0], val), "train.epochs=2", "data.max_bad_fraction=0.05")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stderr and "val top-1" in done.stderr
+    assert "on 36 images" in done.stderr or "(36 images)" in done.stderr

@@ -1,6 +1,7 @@
 """Command-line entry points (argument parsing only; the work is in the library).
 
-Each module has ``main(argv=None) -> int``; ``scripts/*.py`` and the console scripts of
+Each module has ``main(argv=None) -> int``, wrapped by :func:`.cli.command` (the exit codes
+and the one-line errors of every tool); ``scripts/*.py`` and the console scripts of
 ``setup.py`` call it. Logging is configured here, never in the library.
 """
 import logging

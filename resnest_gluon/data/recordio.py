@@ -201,26 +201,24 @@ class RecordFile:
 
     def _check_end(self):
         """Refuse a ``.rec`` that ends before the last record its index lists (a copy or
-        download cut short): reads that one record, not the file."""
+        download cut short). Reads only that record's part headers (8 bytes each): every
+        rank opens every shard."""
         if not len(self.offsets):
             return
         last = int(self.offsets.max())
-        try:
-            self.read_at(last)
-        except RecordFormatError as err:
-            if "past the end" not in str(err) and last + _LREC.size <= self.size:
-                raise RecordFormatError(
-                    f"{self.rec_path}: the last record its index lists is unreadable ({err}); "
-                    f"is {self.idx_path} the index of another file? Rebuild it with: python "
-                    f"-m recordio_tools index {self.rec_path}") from None
-            beyond = int(np.sum(self.offsets + _LREC.size > self.size))
+        problem = _record_end_problem(self.rec_path, last, self.size)
+        if problem is None:
+            return
+        if problem != "truncated":
             raise RecordFormatError(
-                f"{self.rec_path} is truncated: its index lists {len(self.offsets)} records "
-                f"but the file ends at byte {self.size}"
-                f"{f', before {beyond} of them' if beyond else ''} (an interrupted copy? "
-                f"copy or pack it again)") from None
-        finally:
-            self.close()
+                f"{self.rec_path}: the last record its index lists is unreadable ({problem}); "
+                f"is {self.idx_path} the index of another file? Rebuild it with: python -m "
+                f"recordio_tools index {self.rec_path}")
+        beyond = int(np.sum(self.offsets + _LREC.size > self.size))
+        raise RecordFormatError(
+            f"{self.rec_path} is truncated: its index lists {len(self.offsets)} records but "
+            f"the file ends at byte {self.size}{f', before {beyond} of them' if beyond else ''} "
+            f"(an interrupted copy? copy or pack it again)")
 
     def __len__(self):
         return len(self.offsets)
@@ -289,6 +287,30 @@ class RecordFile:
         state = dict(self.__dict__)
         state["_handle"] = None
         return state
+
+
+def _record_end_problem(rec_path: str, offset: int, size: int) -> Optional[str]:
+    """None when the record at ``offset`` ends inside a file of ``size`` bytes; else
+    ``"truncated"`` or what is wrong with its headers. Follows the part headers only."""
+    with open(rec_path, "rb") as handle:
+        position, first = offset, True
+        while True:
+            handle.seek(position)
+            head = handle.read(_LREC.size)
+            if len(head) < _LREC.size:
+                return "truncated"
+            magic, lrec = _LREC.unpack(head)
+            if magic != MAGIC:
+                return f"bad magic at byte {position}"
+            cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+            if (cflag in (0, 1)) != first:
+                return f"bad continuation flag {cflag} at byte {position}"
+            position += _LREC.size + length + (-length % 4)
+            if position - (-length % 4) > size:
+                return "truncated"
+            if cflag in (0, 3):
+                return None
+            first = False
 
 
 def rebuild_index(rec_path: str, idx_path: Optional[str] = None) -> int:

@@ -46,7 +46,8 @@ class Callback:
         """After an epoch and its evaluation; ``state`` already points at the next epoch."""
 
     def on_stop(self, run, state, status: str):
-        """The run stops early (``stopped`` by a signal, or ``max_steps``)."""
+        """The run stops early (``stopped`` by a signal, ``max_steps``, or ``failed``: the
+        validation data failed after an epoch, whose training is kept)."""
 
     def on_end(self, run, state, model):
         """The last epoch is done; ``model`` holds the final (evaluated) weights."""
@@ -165,6 +166,9 @@ class Checkpointer(Callback):
         if status == "stopped":
             log.info("stop requested at step %d; checkpoint saved, relaunch to resume",
                      state.global_step)
+        elif status == "failed":
+            log.info("checkpoint of step %d saved: a relaunch after the data is repaired goes "
+                     "on with the next epoch (this one stays unevaluated)", state.global_step)
         else:
             log.info("max_steps reached at step %d, which has its checkpoint; raise "
                      "train.max_steps and relaunch to go on", state.global_step)

@@ -231,7 +231,12 @@ def end_of_epoch(run, state, hooks):
     tc = run.config.train
     if run.val_shards is not None and (state.epoch % tc.eval_every == 0
                                        or state.epoch == tc.epochs):
-        result = run.evaluate()
+        try:
+            result = run.evaluate()
+        except DataError:
+            # bad validation data: keep the epoch's training before stopping
+            hooks("on_stop", run, state, "failed")
+            raise
         improved = state.record_eval(result["top1"])
         hooks("on_eval", run, state, result, improved, run.eval_net.net)
         record.update(val_top1=result["top1"], val_top5=result["top5"],
