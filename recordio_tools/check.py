@@ -16,7 +16,7 @@ import sys
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
-from resnest_gluon.commands.cli import command
+from resnest_gluon.commands.cli import command, positive_int
 from resnest_gluon.data.recordio import (
     MissingIndexError,
     RecordFile,
@@ -26,7 +26,7 @@ from resnest_gluon.data.recordio import (
     sha256_file,
     unpack_record,
 )
-from resnest_gluon.data.transforms import to_rgb
+from resnest_gluon.data.transforms import decode_error, to_rgb
 
 __all__ = ["check", "build_parser", "main"]
 
@@ -51,7 +51,7 @@ def check(spec, num_classes=None, decode=True, checksums=True, progress=True):
             problems.append(f"{name}: {err}")
             continue
         offsets = shard.offsets
-        ends = []
+        ends, cut, counts = [], False, {}
         for i in tqdm(range(len(shard)), desc=f"check {name}", unit="rec", disable=not progress,
                       file=sys.stderr, leave=False):
             where = f"{name} record {i} (byte {offsets[i]})"
@@ -62,9 +62,11 @@ def check(spec, num_classes=None, decode=True, checksums=True, progress=True):
                 header, image = unpack_record(shard.read(i))
             except RecordFormatError as err:
                 problems.append(f"{where}: {err}")
+                cut = cut or "truncated" in str(err)
                 continue
             ends.append(shard._file().tell())   # pylint: disable=protected-access
             label = header.class_label
+            counts[f"{label:g}"] = counts.get(f"{label:g}", 0) + 1
             if num_classes is not None and not 0 <= label < num_classes:
                 problems.append(f"{where}: label {label:g} outside [0, {num_classes})")
             if decode:
@@ -72,10 +74,10 @@ def check(spec, num_classes=None, decode=True, checksums=True, progress=True):
                 try:
                     to_rgb(Image.open(io.BytesIO(image))).load()   # as the loader decodes
                 except Exception as err:  # pylint: disable=broad-except
-                    problems.append(f"{where}: image does not decode ({err})")
+                    problems.append(f"{where}: image does not decode ({decode_error(err)})")
                 finally:
                     ImageFile.LOAD_TRUNCATED_IMAGES = lenient
-        if ends and max(ends) < shard.size:
+        if ends and max(ends) < shard.size and not cut:
             problems.append(f"{name}: {shard.size - max(ends)} bytes after the last indexed "
                             f"record (a partial record, or an index that misses records)")
         total += len(shard)
@@ -87,6 +89,10 @@ def check(spec, num_classes=None, decode=True, checksums=True, progress=True):
                 if expected["records"] != len(shard):
                     problems.append(f"{name}: {len(shard)} records, manifest says "
                                     f"{expected['records']}")
+                if expected.get("per_class") is not None and not cut and \
+                        expected["per_class"] != counts:
+                    problems.append(f"{name}: records per class {_short(counts)} differ from "
+                                    f"the manifest's {_short(expected['per_class'])}")
                 if checksums and sha256_file(path) != expected["rec_sha256"]:
                     problems.append(f"{name}: checksum differs from the manifest")
     if manifest is not None and len(paths) == manifest["num_shards"] \
@@ -95,11 +101,17 @@ def check(spec, num_classes=None, decode=True, checksums=True, progress=True):
     return problems, total
 
 
+def _short(per_class, shown=5):
+    items = sorted(per_class.items(), key=lambda kv: float(kv[0]))
+    text = ", ".join(f"{k}: {v}" for k, v in items[:shown])
+    return "{" + text + (", ..." if len(items) > shown else "") + "}"
+
+
 def build_parser(parser=None):
     parser = parser or argparse.ArgumentParser(prog="recordio-check")
     parser.description = __doc__.splitlines()[0].split(": ", 1)[1]
     parser.add_argument("shards", nargs="+", help=".rec file(s), shard prefix, glob or folder")
-    parser.add_argument("--num-classes", type=int, default=None,
+    parser.add_argument("--num-classes", type=positive_int, default=None,
                         help="label range (default: from the manifest)")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding images")
     parser.add_argument("--no-checksum", action="store_true", help="skip checksums")

@@ -6,9 +6,10 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from resnest_gluon.commands.cli import command
+from resnest_gluon.commands.cli import command, positive_int
 from resnest_gluon.data.recordio import ShardSet, find_manifest, read_classes_file, unpack_record
 from resnest_gluon.data.transforms import to_rgb
+from resnest_gluon.errors import UserError
 from resnest_gluon.paths import make_parent
 
 __all__ = ["inspect", "build_parser", "main"]
@@ -33,6 +34,8 @@ def inspect(spec, samples=16, sheet=None, seed=0, max_sizes=2000):
         ``records``, ``shards`` (records per shard), ``labels`` (histogram), ``sizes``
         (width/height statistics over up to ``max_sizes`` records).
     """
+    if sheet and os.path.splitext(sheet)[1].lower() not in (".png", ".jpg", ".jpeg"):
+        raise UserError(f"--sheet {sheet}: give a .png or .jpg file name")
     shards = ShardSet(spec)
     labels = {}
     rng = np.random.default_rng(seed)
@@ -93,9 +96,10 @@ def build_parser(parser=None):
     parser.description = __doc__.splitlines()[0].split(": ", 1)[1]
     parser.add_argument("shards", nargs="+", help=".rec file(s), shard prefix, glob or folder")
     parser.add_argument("--sheet", help="write a PNG contact sheet here")
-    parser.add_argument("--samples", type=int, default=16, help="images on the sheet (16)")
+    parser.add_argument("--samples", type=positive_int, default=16, help="images on the sheet (16)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--top", type=int, default=20, help="histogram lines to print (20)")
+    parser.add_argument("--top", type=positive_int, default=20,
+                        help="histogram lines to print (20)")
     return parser
 
 

@@ -13,13 +13,14 @@ import math
 import multiprocessing as mp
 import os
 import random
+import signal
 import sys
 import time
 
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
-from resnest_gluon.commands.cli import command
+from resnest_gluon.commands.cli import command, non_negative_int, positive_float, positive_int
 from resnest_gluon.data.recordio import (
     RecordWriter,
     ShardSetError,
@@ -29,8 +30,8 @@ from resnest_gluon.data.recordio import (
     shard_name,
     shard_numbers,
 )
-from resnest_gluon.data.transforms import to_rgb
-from resnest_gluon.paths import make_parent, output_prefix
+from resnest_gluon.data.transforms import decode_error, to_rgb
+from resnest_gluon.paths import make_parent, output_prefix, read_text
 
 from . import sources
 from .sources import SourceError
@@ -76,7 +77,7 @@ def encode_image(path: str, resize: int = 0, quality: int = 95):
         return out.getvalue(), img.size, None
     except Exception as err:  # pylint: disable=broad-except
         # any failure of an input is that input's problem: report and skip it
-        return None, None, f"{type(err).__name__}: {err}"
+        return None, None, decode_error(err)
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = lenient
 
@@ -176,7 +177,9 @@ def pack(items, classes, prefix, num_shards=None, shard_size_mb=None, resize=0, 
     bar = tqdm(total=remaining, unit="img", desc=f"pack {base}", disable=not progress,
                dynamic_ncols=True, file=sys.stderr)
     started = time.time()
-    pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+    # Ctrl-C reaches the whole process group: the workers leave it to this process
+    pool = (mp.get_context("fork").Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN))
+            if workers > 1 else None)
     try:
         for s, shard_items, digest in todo:
             tasks = [(i, p, lab, resize, quality) for i, p, lab in shard_items]
@@ -300,11 +303,10 @@ def _write_manifest(prefix, classes, stats, options):
 
 def _read_class_names(path):
     names = {}
-    with open(path) as handle:
-        for line in handle:
-            parts = line.strip().split(None, 1)
-            if parts:
-                names[parts[0]] = parts[1] if len(parts) > 1 else parts[0]
+    for line in read_text(path, "--class-names").splitlines():
+        parts = line.strip().split(None, 1)
+        if parts:
+            names[parts[0]] = parts[1] if len(parts) > 1 else parts[0]
     return names
 
 
@@ -326,15 +328,15 @@ def build_parser(parser=None):
                                           "PREFIX.classes.tsv) to reuse its label indices")
     parser.add_argument("--class-names", help="'wnid name...' lines (LOC_synset_mapping.txt)")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--shards", type=int, help="number of shards")
-    size.add_argument("--shard-size", type=float, default=None,
+    size.add_argument("--shards", type=positive_int, help="number of shards")
+    size.add_argument("--shard-size", type=positive_float, default=None,
                       help="target shard size in MB (default 100)")
-    parser.add_argument("--resize", type=int, default=0,
+    parser.add_argument("--resize", type=non_negative_int, default=0,
                         help="shorter side in pixels (0: store files unchanged, default)")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality when re-encoding")
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed (0)")
     parser.add_argument("--no-shuffle", action="store_true", help="keep the sorted order")
-    parser.add_argument("--workers", type=int, default=None, help="processes (CPU count)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="processes (CPU count)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the shard set already at PREFIX first (needed when it has "
@@ -357,15 +359,13 @@ def _read_items(args, classes):
 
 def default_name(source: str) -> str:
     """The name files take when the prefix is a folder: the source folder's or list's name."""
-    name = os.path.basename(os.path.normpath(source))
+    name = os.path.basename(os.path.abspath(source))
     return os.path.splitext(name)[0] if name.endswith(".lst") else name
 
 
 def run(args) -> int:
-    if args.resize < 0 or not 1 <= args.quality <= 100:
-        raise SourceError("--resize must be >= 0 and --quality in 1..100")
-    if args.shards is not None and args.shards < 1:
-        raise SourceError("--shards must be at least 1")
+    if not 1 <= args.quality <= 100:
+        raise SourceError("--quality must be in 1..100")
     prefix = output_prefix(args.prefix, default_name(args.source))
     classes = sources.read_classes(args.classes) if args.classes else None
     items, found_classes = _read_items(args, classes)

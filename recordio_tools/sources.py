@@ -1,12 +1,14 @@
 """Where images come from: an ImageNet-style tree, a validation folder with a label file, or
 an im2rec ``.lst`` list. Each source resolves to ``(path, label)`` items and a class list."""
 import csv
+import io
 import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
 from resnest_gluon.data.recordio import read_classes_file
 from resnest_gluon.errors import UserError
+from resnest_gluon.paths import read_text
 
 __all__ = ["SourceError", "Item", "scan_tree", "scan_flat_with_labels", "read_lst", "read_classes",
            "IMAGE_EXTENSIONS"]
@@ -60,22 +62,31 @@ def scan_tree(root: str, classes: Optional[List[str]] = None):
 
 
 def _read_label_file(path: str) -> Dict[str, str]:
-    """``filename class`` per line, or LOC_val_solution-style CSV ``ImageId,PredictionString``."""
-    mapping = {}
-    with open(path, newline="") as handle:
-        first = handle.readline()
-        handle.seek(0)
-        if first.lower().startswith("imageid,"):
-            for row in csv.DictReader(handle):
-                mapping[row["ImageId"]] = row["PredictionString"].split()[0]
-        else:
-            for line_no, line in enumerate(handle, 1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) < 2:
-                    raise SourceError(f"{path}:{line_no}: expected 'filename class'")
-                mapping[fields[0]] = fields[1]
+    """``filename class`` per line, or LOC_val_solution-style CSV ``ImageId,PredictionString``.
+
+    Strict: a line of another shape, or a file named twice with different classes, is a
+    :class:`SourceError` naming the line (a lenient reader would invent classes or labels).
+    """
+    text = read_text(path, "--labels")
+    lines = text.splitlines()
+    mapping, where = {}, {}
+    if lines and lines[0].lower().startswith("imageid,"):
+        rows = ((n, [row.get("ImageId"), (row.get("PredictionString") or "").split()[:1]])
+                for n, row in enumerate(csv.DictReader(io.StringIO(text)), 2))
+        pairs = ((n, (name, first[0] if first else None)) for n, (name, first) in rows)
+        shape = "'ImageId,PredictionString' with a class first"
+    else:
+        pairs = ((n, tuple(line.split())) for n, line in enumerate(lines, 1) if line.strip())
+        shape = "'filename class' (two fields; no spaces in names)"
+    for line_no, fields in pairs:
+        if len(fields) != 2 or not all(fields):
+            raise SourceError(f"{path}:{line_no}: expected {shape}, got "
+                              f"{' '.join(f for f in fields if f)[:60]!r}")
+        name, cls = fields
+        if mapping.get(name, cls) != cls:
+            raise SourceError(f"{path}:{line_no}: {name} is labelled {cls!r} here and "
+                              f"{mapping[name]!r} on line {where[name]}")
+        mapping[name], where[name] = cls, line_no
     return mapping
 
 
@@ -92,7 +103,7 @@ def scan_flat_with_labels(folder: str, label_file: str, classes: Optional[List[s
         else:
             classes = values
     index = {c: i for i, c in enumerate(classes)}
-    items, missing = [], []
+    items, missing, used = [], [], set()
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
         if not os.path.isfile(path) or name.startswith("."):
@@ -102,6 +113,7 @@ def scan_flat_with_labels(folder: str, label_file: str, classes: Optional[List[s
             missing.append(name)
             continue
         cls = mapping[key]
+        used.add(key)
         if cls not in index:
             if cls.isdigit() and int(cls) < len(classes):
                 items.append((path, int(cls)))
@@ -113,27 +125,30 @@ def scan_flat_with_labels(folder: str, label_file: str, classes: Optional[List[s
                           f"e.g. {missing[:3]}")
     if not items:
         raise SourceError(f"{folder} holds no files to pack")
+    unused = len(mapping) - len(used)
+    if unused:
+        log.warning("%d name(s) of %s match no file in %s, e.g. %s", unused, label_file, folder,
+                    sorted(set(mapping) - used)[:3])
     return items, classes
 
 
 def read_lst(lst_path: str, root: str = ""):
     """im2rec list: ``index<TAB>label<TAB>path`` (path relative to ``root``)."""
     items = []
-    with open(lst_path) as handle:
-        for line_no, line in enumerate(handle, 1):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) < 3:
-                if line.strip():
-                    raise SourceError(f"{lst_path}:{line_no}: expected index<TAB>label<TAB>path")
-                continue
-            try:
-                label = int(float(fields[1]))
-            except ValueError:
-                raise SourceError(f"{lst_path}:{line_no}: label {fields[1]!r} is not a "
-                                  f"number") from None
-            if label < 0:
-                raise SourceError(f"{lst_path}:{line_no}: negative label {label}")
-            items.append((os.path.join(root, fields[-1]), label))
+    for line_no, line in enumerate(read_text(lst_path, ".lst").splitlines(), 1):
+        fields = line.split("\t")
+        if len(fields) < 3:
+            if line.strip():
+                raise SourceError(f"{lst_path}:{line_no}: expected index<TAB>label<TAB>path")
+            continue
+        try:
+            label = int(float(fields[1]))
+        except ValueError:
+            raise SourceError(f"{lst_path}:{line_no}: label {fields[1]!r} is not a "
+                              f"number") from None
+        if label < 0:
+            raise SourceError(f"{lst_path}:{line_no}: negative label {label}")
+        items.append((os.path.join(root, fields[-1]), label))
     if not items:
         raise SourceError(f"{lst_path} lists no files")
     classes = [str(i) for i in range(max((lab for _, lab in items), default=-1) + 1)]

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union, get_args, get_ori
 import yaml
 
 from .errors import UserError
-from .paths import atomic_write
+from .paths import atomic_write, read_text
 
 __all__ = ["Config", "ModelConfig", "DataConfig", "TrainConfig", "OptimConfig", "DistConfig",
            "ConfigError", "load_config", "parse_overrides", "config_hash", "to_dict", "dump_config",
@@ -280,12 +280,13 @@ def read_yaml(path: str, what: str = "config", error=ConfigError) -> Any:
     with a one-line message that names ``what`` the file is meant to be.
     """
     try:
-        with open(path) as handle:
-            return yaml.safe_load(handle) or {}
-    except FileNotFoundError:
-        raise error(f"{what} file not found: {path}") from None
+        text = read_text(path, what)
+    except UserError as err:
+        raise error(str(err)) from None
+    try:
+        return yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise error(f"{path} is not valid YAML: {err}") from None
+        raise error(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
 
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:

@@ -17,18 +17,25 @@ import json
 import logging
 import os
 import warnings
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import mxnet as mx
 import numpy as np
 
+from .data.transforms import INTERPOLATIONS
+from .errors import UserError, reason_of
 from .models import EvalSettings
 from .models.dropblock import get_dropblock_prob, set_dropblock_prob
 
 __all__ = ["ExportResult", "export_symbol", "export_onnx", "load_exported", "onnx_session",
-           "write_export_metadata", "read_export_metadata", "metadata_path"]
+           "write_export_metadata", "read_export_metadata", "metadata_path", "export_files",
+           "ExportError"]
 
 _METADATA_FORMAT = "resnest_gluon-export-1"
+
+
+class ExportError(UserError, ValueError):
+    """Export files that are missing, damaged or not ours."""
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +55,13 @@ def load_exported(symbol_file: str, params_file: str, ctx=None):
     with warnings.catch_warnings():
         # imports() warns that it cannot type "data" before the first call; it types it then.
         warnings.simplefilter("ignore", UserWarning)
-        return mx.gluon.SymbolBlock.imports(symbol_file, ["data"], params_file,
-                                            ctx=ctx or mx.cpu())
+        try:
+            return mx.gluon.SymbolBlock.imports(symbol_file, ["data"], params_file,
+                                                ctx=ctx or mx.cpu())
+        except (mx.base.MXNetError, ValueError, AssertionError) as err:
+            raise ExportError(f"cannot load the export {symbol_file} + {params_file}: "
+                              f"{reason_of(err)} (damaged or incomplete? export it again)"
+                              ) from None
 
 
 def export_symbol(net, prefix: str, input_size: int = 224, batch_size: int = 1,
@@ -159,6 +171,12 @@ def export_onnx(symbol_file: str, params_file: str, input_shape, onnx_file: str,
     return diff
 
 
+def export_files(prefix: str) -> List[str]:
+    """Every file an export at ``prefix`` may consist of (not its ``-fused`` variant)."""
+    return [f"{prefix}-symbol.json", f"{prefix}-0000.params", f"{prefix}.onnx",
+            metadata_path(prefix)]
+
+
 def metadata_path(prefix: str) -> str:
     """Where the metadata of the export ``prefix`` lives: ``PREFIX-meta.json``."""
     return f"{prefix}-meta.json"
@@ -207,8 +225,8 @@ def read_export_metadata(prefix: str) -> Optional[dict]:
 
     Raises
     ------
-    ValueError
-        The file exists but is not export metadata.
+    ExportError
+        The file exists but is not export metadata, or its fields are not what they should be.
     """
     path = metadata_path(prefix)
     if not os.path.exists(path):
@@ -217,7 +235,27 @@ def read_export_metadata(prefix: str) -> Optional[dict]:
         with open(path) as handle:
             meta = json.load(handle)
     except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from None
+        raise ExportError(f"{path} is not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != _METADATA_FORMAT:
-        raise ValueError(f"{path} is not resnest_gluon export metadata")
+        raise ExportError(f"{path} is not resnest_gluon export metadata")
+    bad = [key for key, ok in _METADATA_FIELDS.items() if not ok(meta.get(key))]
+    if bad:
+        raise ExportError(f"{path}: field(s) {', '.join(bad)} missing or malformed (edited by "
+                          f"hand? export again)")
     return meta
+
+
+def _numbers(count):
+    return lambda v: (isinstance(v, list) and len(v) == count
+                      and all(isinstance(x, (int, float)) for x in v))
+
+
+_METADATA_FIELDS = {
+    "model": lambda v: isinstance(v, str),
+    "num_classes": lambda v: isinstance(v, int) and v >= 1,
+    "size": lambda v: isinstance(v, int) and v >= 32,
+    "crop_ratio": lambda v: isinstance(v, (int, float)) and 0 < v <= 1,
+    "interpolation": lambda v: v in INTERPOLATIONS,
+    "mean": _numbers(3),
+    "std": _numbers(3),
+}

@@ -14,8 +14,8 @@ from typing import Optional
 
 from .errors import DiskFullError, UserError
 
-__all__ = ["output_prefix", "make_folder", "make_parent", "free_bytes", "ensure_free_space",
-           "raise_if_full", "atomic_write"]
+__all__ = ["output_prefix", "make_folder", "make_parent", "read_text", "free_bytes",
+           "ensure_free_space", "raise_if_full", "atomic_write"]
 
 
 def output_prefix(prefix: str, default_name: str) -> str:
@@ -43,12 +43,29 @@ def make_folder(folder: str, what: str = "output", path: Optional[str] = None) -
                         f"not a folder)") from None
     except PermissionError:
         raise UserError(f"{named}: permission denied creating {folder}") from None
+    except OSError as err:
+        raise UserError(f"{named}: cannot create {folder} ({err.strerror})") from None
     return folder
 
 
 def make_parent(path: str, what: str = "output") -> str:
     """Create the folder that will hold ``path`` (see :func:`make_folder`); returns it."""
     return make_folder(os.path.dirname(os.path.abspath(path)), what, path)
+
+
+def read_text(path: str, what: str) -> str:
+    """The text of the file the user named as ``what`` (``--classes``, ``config``); a
+    :class:`UserError` naming it when it is missing, a folder, or not text."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise UserError(f"{what} file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a folder, not a file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not a text file (a binary file given by "
+                        f"mistake?)") from None
 
 
 def free_bytes(folder: str) -> int:

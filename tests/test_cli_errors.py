@@ -73,7 +73,7 @@ def test_pack_with_a_label_file_missing_entries(photo_tree, tmp_path):
 def test_pack_with_a_missing_classes_file(photo_tree, tmp_path):
     _one_line_error(_pack(photo_tree, str(tmp_path / "train"), "--classes",
                           str(tmp_path / "nope.tsv")),
-                    "No such file or directory", "nope.tsv")
+                    "classes file not found", "nope.tsv")
 
 
 def test_pack_with_classes_that_do_not_match_the_folders(photo_tree, tmp_path):
@@ -88,6 +88,53 @@ def test_pack_with_a_classes_file_that_is_not_one(photo_tree, tmp_path):
     _one_line_error(_pack(photo_tree, str(tmp_path / "train"), "--classes",
                           str(tmp_path / "classes.tsv")),
                     "classes.tsv:1: expected 'index<TAB>class id<TAB>name'")
+
+
+def test_pack_with_a_binary_file_as_classes_or_labels(photo_tree, tmp_path):
+    binary = os.path.join(photo_tree, "c0", "img0.jpg")
+    _one_line_error(_pack(photo_tree, str(tmp_path / "train"), "--classes", binary),
+                    "is not a text file", "img0.jpg")
+    _one_line_error(_pack(os.path.join(photo_tree, "c0"), str(tmp_path / "val"), "--labels",
+                          binary), "--labels", "is not a text file")
+
+
+@pytest.mark.parametrize("lines, words", [
+    ("img0 c0\nthis line is bad\nimg1 c1\nimg2 c1\n", ["labels.txt:2: expected 'filename class'",
+                                                      "'this line is bad'"]),
+    ("img0 c0\nimg1 c1\nimg2 c1\nimg0 c1\n", ["labels.txt:4: img0 is labelled 'c1' here and "
+                                               "'c0' on line 1"]),
+])
+def test_pack_refuses_a_label_file_it_would_misread(photo_tree, tmp_path, lines, words):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        (flat / f"img{i}.jpg").write_bytes(open(os.path.join(photo_tree, "c0", f"img{i}.jpg"),
+                                                "rb").read())
+    (tmp_path / "labels.txt").write_text(lines)
+    _one_line_error(_pack(str(flat), str(tmp_path / "val"), "--labels",
+                          str(tmp_path / "labels.txt")), *words)
+    assert not (tmp_path / "val.manifest.json").exists()
+
+
+def test_pack_of_the_current_folder_names_files_after_it(photo_tree, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "recordio_tools", "pack", ".",
+                           str(tmp_path / "out") + "/", "--shards", "1", "--quiet", "--workers",
+                           "1"], capture_output=True, text=True, cwd=photo_tree, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tree.manifest.json" in os.listdir(tmp_path / "out")
+
+
+def test_binary_config_and_bad_numbers_are_one_line(digits, tmp_path):
+    weights = os.path.join(os.path.dirname(digits[0]), "0000.png")
+    _one_line_error(_run([TRAIN, "--config", weights, "--workdir", str(tmp_path / "run")]),
+                    "config", "is not a text file")
+    for args, words in ((["--batch-size", "0"], ["--batch-size: 0 is not >= 1"]),
+                        (["--num-classes", "-1"], ["--num-classes: -1 is not >= 1"])):
+        done = _run([os.path.join(SCRIPTS, "verify.py"), "--model", "resnest14", "--params",
+                     weights, "--rec-val", digits[1], *args])
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert all(w in done.stderr for w in words), done.stderr[-2000:]
 
 
 def test_pack_to_a_path_under_a_file(photo_tree, tmp_path):
@@ -131,6 +178,34 @@ def exported(tmp_path_factory):
     assert done.returncode == 0, done.stderr[-3000:]
     assert os.path.isfile(folder / "resnest14-symbol.json")   # the "/" rule: named inside
     return folder
+
+
+def test_a_new_export_replaces_every_file_of_the_old_one(exported, tmp_path):
+    args = [os.path.join(SCRIPTS, "export.py"), "--model", "resnest14", "--num-classes", "10",
+            "--params", str(exported / "w.params"), "--output", str(tmp_path / "m")]
+    first = _run(args + ["--size", "32", "--onnx"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (tmp_path / "m.onnx").exists()
+    again = _run(args + ["--size", "64"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path)) == ["m-0000.params", "m-meta.json", "m-symbol.json"]
+    assert f"symbol {tmp_path / 'm-symbol.json'}" in again.stdout
+
+
+def test_predict_on_a_damaged_export_is_one_line(exported, tmp_path):
+    for name in ("resnest14-symbol.json", "resnest14-0000.params", "resnest14-meta.json"):
+        data = (exported / name).read_bytes()
+        (tmp_path / name).write_bytes(data[:len(data) // 2] if name.endswith(".params")
+                                      else data)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
+    _one_line_error(_run([os.path.join(SCRIPTS, "predict.py"), "--model",
+                          str(tmp_path) + "/", str(image)]),
+                    "cannot load the export", "export it again")
+    (tmp_path / "resnest14-meta.json").write_text('{"format": "resnest_gluon-export-1"}')
+    _one_line_error(_run([os.path.join(SCRIPTS, "predict.py"), "--model",
+                          str(tmp_path / "resnest14"), str(image)]),
+                    "resnest14-meta.json: field(s)", "missing or malformed")
 
 
 def test_export_to_a_path_under_a_file(exported, tmp_path):

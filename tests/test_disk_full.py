@@ -143,3 +143,24 @@ def test_a_small_file_that_does_not_fit_keeps_its_old_content(small_disk):
         atomic_write(path, lambda handle: handle.write("new: 2\n" * 100000))
     assert open(path).read() == "old: 1\n"
     assert sorted(os.listdir(small_disk.path)) == ["config.yaml", "filler"]
+
+
+def test_an_export_that_does_not_fit_leaves_the_old_one_whole(small_disk, tmp_path):
+    net = get_model("resnest14", classes=10)
+    net.initialize()
+    net.save_parameters(str(tmp_path / "w.params"))
+    small_disk.resize(60)
+    args = [sys.executable, os.path.join(ROOT, "scripts", "export.py"), "--model", "resnest14",
+            "--num-classes", "10", "--params", str(tmp_path / "w.params"), "--size", "32",
+            "--output", str(small_disk.path / "serve" / "m")]
+    first = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {n: (small_disk.path / "serve" / n).read_bytes()
+              for n in os.listdir(small_disk.path / "serve")}
+    again = subprocess.run(args + ["--onnx"], capture_output=True, text=True, cwd=ROOT,
+                           timeout=300)
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    last = again.stderr.strip().splitlines()[-1]
+    assert f"no space left on device in {small_disk.path / 'serve'} writing the export" in last
+    assert {n: (small_disk.path / "serve" / n).read_bytes()
+            for n in os.listdir(small_disk.path / "serve")} == before

@@ -91,3 +91,24 @@ def test_a_manifest_that_lists_a_missing_shard_is_refused(photo_tree, tmp_path):
     with pytest.raises(ShardSetError, match="2 of 3 shards present; missing "
                                             "train-00002-of-00002.rec"):
         ShardSet(prefix)
+
+
+def test_a_folder_stands_for_one_set_only(photo_tree, tmp_path):
+    folder = tmp_path / "data"
+    assert _pack(photo_tree, str(folder) + "/", "--shards", "2") == 0
+    assert len(ShardSet(str(folder))) == 15
+    assert _pack(photo_tree, str(folder / "again"), "--shards", "1") == 0
+    with pytest.raises(ShardSetError, match=r"holds 2 shard sets \(again, tree\); give the "
+                                            r"prefix of one"):
+        ShardSet(str(folder))
+
+
+def test_index_writes_nothing_when_the_scan_fails(photo_tree, tmp_path):
+    prefix = str(tmp_path / "train")
+    assert _pack(photo_tree, prefix, "--shards", "1") == 0
+    rec = prefix + "-00000-of-00001.rec"
+    os.remove(prefix + "-00000-of-00001.idx")
+    os.truncate(rec, os.path.getsize(rec) - 100)
+    assert tools_main(["index", rec]) == 2
+    assert tools_main(["index", prefix + ".manifest.json"]) == 2
+    assert not [n for n in os.listdir(tmp_path) if ".idx" in n]

@@ -12,6 +12,7 @@
 
 Usage errors of the arguments themselves stay argparse's (usage line, exit 2).
 """
+import argparse
 import errno
 import functools
 import logging
@@ -22,7 +23,8 @@ from PIL import Image
 from ..errors import RunFailure, UserError
 from . import setup_logging
 
-__all__ = ["command", "user_message", "EXIT_USER_ERROR", "EXIT_FAILURE", "EXIT_INTERRUPTED"]
+__all__ = ["command", "user_message", "EXIT_USER_ERROR", "EXIT_FAILURE", "EXIT_INTERRUPTED",
+           "positive_int", "non_negative_int", "positive_float"]
 
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
@@ -85,3 +87,21 @@ def _error(name: str, message: str):
     if not logging.getLogger().handlers:   # failed before the tool set up its logging
         setup_logging()
     logging.getLogger(name).error("%s", message)
+
+
+def _number(convert, low, inclusive, words):
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"{value} is not {words}")
+        return value
+    parse.__name__ = convert.__name__   # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 1, True, ">= 1")
+non_negative_int = _number(int, 0, True, ">= 0")
+positive_float = _number(float, 0, False, "> 0")

@@ -6,6 +6,7 @@ from ..config import load_config
 from ..data.transforms import INTERPOLATIONS
 from ..models import EvalSettings, get_model, resolve_eval_settings
 from ..training.setup import build_network, eval_settings
+from .cli import positive_int
 
 
 def add_model_arguments(parser, params_required=True):
@@ -16,7 +17,7 @@ def add_model_arguments(parser, params_required=True):
                                         "config.yaml a training run wrote")
     parser.add_argument("--params", required=params_required,
                         help=".params: ours (best.params/final.params) or published Gluon weights")
-    parser.add_argument("--num-classes", type=int, default=None,
+    parser.add_argument("--num-classes", type=positive_int, default=None,
                         help="classes (default: the config's, else 1000)")
 
 

@@ -9,16 +9,20 @@ classes, size, crop ratio, interpolation, mean/std); ``predict`` reads it.
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 import mxnet as mx
 import numpy as np
 
 from ..data.recordio import read_classes_file
-from ..export import export_onnx, export_symbol, metadata_path, write_export_metadata
-from ..paths import make_parent, output_prefix
+from ..errors import UserError
+from ..export import export_files, export_onnx, export_symbol, write_export_metadata
+from ..paths import ensure_free_space, make_parent, output_prefix, raise_if_full
+from ..training.checkpoint import parameter_bytes
 from . import setup_logging
-from .cli import command
+from .cli import command, positive_int
 from .common import add_eval_arguments, add_model_arguments, load_network, settings_from_args
 
 log = logging.getLogger("export")
@@ -33,7 +37,7 @@ def build_parser():
                              "PREFIX-meta.json, PREFIX.onnx; ending in / it names a folder and "
                              "the files take the model's name (out/ -> out/resnest50-...)")
     add_eval_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=1, help="fixed batch size (1)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="fixed batch size (1)")
     parser.add_argument("--classes", default=None,
                         help="classes file (the packer's PREFIX.classes.tsv) whose names go into "
                              "PREFIX-meta.json (default: the one beside the config's "
@@ -65,44 +69,84 @@ def main(argv=None) -> int:
     settings = settings_from_args(args, config)
     names = _class_names(args, config)
     if names is not None and len(names) != net.classes:
-        log.error("the classes file lists %d classes, the model has %d", len(names), net.classes)
-        return 2
+        raise UserError(f"the classes file lists {len(names)} classes, the model has "
+                        f"{net.classes} (--classes, --num-classes)")
     name = config.model.name if config else args.model
-    args.output = output_prefix(args.output, name)
-    make_parent(args.output, "--output")
-    for stale in (metadata_path(args.output), metadata_path(args.output + "-fused")):
-        if os.path.exists(stale):   # never leave metadata beside files it does not describe
-            os.remove(stale)
+    output = output_prefix(args.output, name)
+    folder = make_parent(output, "--output")
+    needed = int(1.1 * parameter_bytes(net.collect_params().values())
+                 * (1 + args.fuse + args.onnx))
+    ensure_free_space(folder, needed, f"the export {output}")
+    stage = tempfile.mkdtemp(prefix=".export-", dir=folder)
+    try:
+        made = _export_into(net, os.path.join(stage, os.path.basename(output)), args, settings,
+                            name, names)
+        _install(stage, output)
+    except (OSError, mx.base.MXNetError) as err:
+        raise_if_full(err, folder, needed, f"the export {output}")
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    for line in made.report:
+        print(line.replace(os.path.join(stage, ""), os.path.join(folder, "")))
+    if made.onnx_error is not None:
+        log.error("ONNX export failed (the other files are written): %s", made.onnx_error)
+        return 2
+    return 0
+
+
+class _Made:
+    """What :func:`_export_into` wrote and printed."""
+
+    def __init__(self):
+        self.report, self.onnx_error = [], None
+
+
+def _export_into(net, prefix, args, settings, name, names) -> _Made:
+    """Write the export (symbol + params, fused, ONNX, metadata) under ``prefix``."""
+    made = _Made()
     shape = (args.batch_size, 3, settings.size, settings.size)
     sample = mx.nd.array(np.random.RandomState(0).normal(size=shape).astype("float32"))
 
-    def record(prefix, files):
-        path = write_export_metadata(prefix, name, net.classes, settings, args.batch_size, files,
+    def record(at, files):
+        path = write_export_metadata(at, name, net.classes, settings, args.batch_size, files,
                                      names)
-        print(f"meta   {path} (input {settings.size}x{settings.size}, crop ratio "
-              f"{settings.crop_ratio:.3f}, {settings.interpolation})")
+        made.report.append(f"meta   {path} (input {settings.size}x{settings.size}, crop ratio "
+                           f"{settings.crop_ratio:.3f}, {settings.interpolation})")
 
-    result = export_symbol(net, args.output, settings.size, args.batch_size, sample=sample)
+    result = export_symbol(net, prefix, settings.size, args.batch_size, sample=sample)
     files = [result.symbol_file, result.params_file]
-    print(f"symbol {result.symbol_file}\nparams {result.params_file}\n"
-          f"max |exported - gluon| = {result.max_abs_diff:.3g} on a {shape} batch")
+    made.report += [f"symbol {result.symbol_file}", f"params {result.params_file}",
+                    f"max |exported - gluon| = {result.max_abs_diff:.3g} on a {shape} batch"]
     if args.fuse:
-        fused = export_symbol(net, args.output + "-fused", settings.size, args.batch_size,
+        fused = export_symbol(net, prefix + "-fused", settings.size, args.batch_size,
                               sample=sample, fuse=True)
-        print(f"fused  {fused.symbol_file}\nmax |fused - gluon| = {fused.max_abs_diff:.3g}")
-        record(args.output + "-fused", [fused.symbol_file, fused.params_file])
+        made.report += [f"fused  {fused.symbol_file}",
+                        f"max |fused - gluon| = {fused.max_abs_diff:.3g}"]
+        record(prefix + "-fused", [fused.symbol_file, fused.params_file])
     if args.onnx:
         try:
-            diff = export_onnx(result.symbol_file, result.params_file, shape,
-                               args.output + ".onnx", sample)
+            diff = export_onnx(result.symbol_file, result.params_file, shape, prefix + ".onnx",
+                               sample)
+            files.append(prefix + ".onnx")
+            made.report += [f"onnx   {prefix}.onnx", f"max |onnxruntime - mxnet| = {diff:.3g}"]
         except RuntimeError as err:
-            record(args.output, files)
-            log.error("ONNX export failed: %s", err)
-            return 2
-        files.append(args.output + ".onnx")
-        print(f"onnx   {args.output}.onnx\nmax |onnxruntime - mxnet| = {diff:.3g}")
-    record(args.output, files)
-    return 0
+            made.onnx_error = err
+    record(prefix, files)
+    return made
+
+
+def _install(stage, output):
+    """Replace the export at ``output`` (all its files, so that nothing of an older export
+    stays beside the new one) by the files made in ``stage``."""
+    base = os.path.basename(output)
+    folder = os.path.dirname(os.path.abspath(output))
+    for old in export_files(output) + export_files(output + "-fused"):
+        if os.path.exists(old):
+            os.remove(old)
+    for new in sorted(os.listdir(stage)):
+        if new.startswith(base):
+            os.replace(os.path.join(stage, new), os.path.join(folder, new))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ The export's ``PREFIX-meta.json`` says what input the model was made for (size, 
 interpolation, mean/std) and the class names; a ``--size`` that disagrees with it is refused.
 """
 import argparse
+import glob
 import json
 import logging
 import os
@@ -14,12 +15,12 @@ import numpy as np
 
 from ..data import EvalTransform, Normalization
 from ..data.recordio import read_classes_file
-from ..data.transforms import DECODE_ERRORS
+from ..data.transforms import DECODE_ERRORS, decode_error
 from ..errors import UserError
 from ..export import load_exported, metadata_path, read_export_metadata
 from ..models import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, EvalSettings, eval_crop_ratio
 from . import setup_logging
-from .cli import command
+from .cli import command, positive_int
 from .common import crop_ratio_type, input_size_type
 
 log = logging.getLogger("predict")
@@ -46,18 +47,12 @@ def predict(net, paths, settings: EvalSettings, names=None, top=5):
             with open(path, "rb") as handle:
                 x = normalization.image(transform(handle.read()))[None]
         except DECODE_ERRORS as err:
-            yield path, None, _reason(err)
+            yield path, None, decode_error(err)
             continue
         probs = mx.nd.softmax(net(mx.nd.array(x))).asnumpy()[0]
         best = np.argsort(-probs)[:top]
         yield path, [(int(i), (names or {}).get(int(i), str(i)), float(probs[i]))
                      for i in best], None
-
-
-def _reason(err) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return str(err) or type(err).__name__
 
 
 def resolve_settings(prefix, meta, size=None, crop_ratio=None) -> EvalSettings:
@@ -80,12 +75,26 @@ def resolve_settings(prefix, meta, size=None, crop_ratio=None) -> EvalSettings:
                         tuple(meta["mean"]), tuple(meta["std"]))
 
 
+def _export_prefix(model: str) -> str:
+    """``--model`` as an export prefix; a folder holding one export stands for it."""
+    if not (model.endswith(("/", os.sep)) or os.path.isdir(model)):
+        return model
+    found = sorted(path[:-len("-symbol.json")]
+                   for path in glob.glob(os.path.join(glob.escape(model), "*-symbol.json")))
+    plain = [p for p in found if not p.endswith("-fused")]
+    if len(plain) != 1:
+        raise UsageError(f"--model {model} is a folder holding {len(plain)} exports"
+                         f"{': ' + ', '.join(map(os.path.basename, plain)) if plain else ''}; "
+                         f"give the prefix of one, e.g. {plain[0] if plain else 'DIR/resnest50'}")
+    return plain[0]
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n\n")[0]
                                      .split(": ", 1)[1])
     parser.add_argument("--model", required=True,
                         help="export prefix (PREFIX-symbol.json + PREFIX-0000.params + "
-                             "PREFIX-meta.json)")
+                             "PREFIX-meta.json), or a folder holding one export")
     parser.add_argument("--classes", help="classes file written by the packer (default: the "
                                           "names recorded in the export)")
     parser.add_argument("--size", type=input_size_type, default=None,
@@ -93,7 +102,7 @@ def build_parser():
                              "and must match it otherwise")
     parser.add_argument("--crop-ratio", type=crop_ratio_type, default=None,
                         help="centre crop / resized shorter side (default: the export's)")
-    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--top", type=positive_int, default=5, help="classes shown per image (5)")
     parser.add_argument("--json", action="store_true", help="JSON lines output")
     parser.add_argument("images", nargs="+", help="image files")
     return parser
@@ -103,13 +112,14 @@ def build_parser():
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    symbol, params = f"{args.model}-symbol.json", f"{args.model}-0000.params"
+    prefix = _export_prefix(args.model)
+    symbol, params = f"{prefix}-symbol.json", f"{prefix}-0000.params"
     for path in (symbol, params):
         if not os.path.isfile(path):
             raise UsageError(f"export file not found: {path} (--model is the prefix given to "
                              f"export.py --output)")
-    meta = read_export_metadata(args.model)
-    settings = resolve_settings(args.model, meta, args.size, args.crop_ratio)
+    meta = read_export_metadata(prefix)
+    settings = resolve_settings(prefix, meta, args.size, args.crop_ratio)
     names = ([name for _, name in read_classes_file(args.classes)] if args.classes
              else (meta or {}).get("class_names"))
     net = load_exported(symbol, params)

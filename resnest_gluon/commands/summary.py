@@ -5,7 +5,7 @@ import sys
 from .. import list_models
 from ..models.summary import model_summary, zoo_table
 from . import setup_logging
-from .cli import command
+from .cli import command, positive_int
 
 
 def build_parser():
@@ -19,7 +19,7 @@ def build_parser():
     parser.add_argument("--size", type=int, default=None,
                         help="input height/width (default: the model's eval size; 224 for "
                              "--table)")
-    parser.add_argument("--classes", type=int, default=1000, help="output classes (1000)")
+    parser.add_argument("--classes", type=positive_int, default=1000, help="output classes (1000)")
     parser.add_argument("--table", action="store_true",
                         help="one Markdown table for the models (as in README)")
     return parser

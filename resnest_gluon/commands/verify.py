@@ -11,12 +11,12 @@ import logging
 import sys
 
 from ..data import ShardSet
-from ..paths import make_parent
+from ..paths import atomic_write, make_parent
 from ..training.dist import init_distributed
 from ..training.evaluate import evaluate
 from ..training.setup import default_context
 from . import setup_logging
-from .cli import command
+from .cli import command, non_negative_int, positive_int
 from .common import add_eval_arguments, add_model_arguments, load_network, settings_from_args
 
 log = logging.getLogger("verify")
@@ -29,8 +29,8 @@ def build_parser():
     parser.add_argument("--rec-val", required=True,
                         help="validation shards: .rec, shard prefix, glob or folder")
     add_eval_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2, help="decoding processes")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="decoding processes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--per-class-csv", help="write per-class accuracy here")
     parser.add_argument("--allow-bad-records", action="store_true",
@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     dist = init_distributed()
     setup_logging(rank=dist.rank)
+    if args.per_class_csv and dist.rank == 0:   # a bad path: before the evaluation, not after
+        make_parent(args.per_class_csv, "--per-class-csv")
     ctx = default_context(dist.local_rank)
     net, config = load_network(args, ctx)
     settings = settings_from_args(args, config)
@@ -54,24 +56,28 @@ def main(argv=None) -> int:
                       max_unreadable=None if args.allow_bad_records else 0)
     if dist.rank != 0:
         return 0
-    if args.per_class_csv:
-        make_parent(args.per_class_csv, "--per-class-csv")
-        with open(args.per_class_csv, "w") as handle:
-            handle.write("class,correct,images,accuracy\n")
-            for label, (correct, total) in enumerate(result["per_class"]):
-                accuracy = correct / total if total else float("nan")
-                handle.write(f"{label},{int(correct)},{int(total)},{accuracy:.6f}\n")
     if args.json:
         print(json.dumps({"top1": result["top1"], "top5": result["top5"],
                           "images": result["images"], "unreadable": result["unreadable"],
-                          **settings.to_dict()}))
+                          **settings.to_dict()}), flush=True)
     else:
         left_out = (f" ({result['unreadable']} of {len(shards)} records unreadable, left out)"
                     if result["unreadable"] else "")
         print(f"top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  on "
               f"{result['images']} images{left_out}  (size {settings.size}, crop ratio "
-              f"{settings.crop_ratio:.3f}, {settings.interpolation}, {dist.size} worker(s))")
+              f"{settings.crop_ratio:.3f}, {settings.interpolation}, {dist.size} worker(s))",
+              flush=True)
+    if args.per_class_csv:
+        atomic_write(args.per_class_csv, lambda handle: handle.write(_per_class_csv(result)))
     return 0
+
+
+def _per_class_csv(result) -> str:
+    lines = ["class,correct,images,accuracy"]
+    for label, (correct, total) in enumerate(result["per_class"]):
+        accuracy = correct / total if total else float("nan")
+        lines.append(f"{label},{int(correct)},{int(total)},{accuracy:.6f}")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import UserError
 from .normalize import Normalization
 from .recordio import ShardSet, unpack_record
-from .transforms import DECODE_ERRORS
+from .transforms import DECODE_ERRORS, decode_error
 
 __all__ = ["BatchLoader", "DataError", "augmentation_rng"]
 
@@ -103,7 +103,7 @@ def _worker_loop(shards, transform, task_queue, result_queue, shm_name, layout, 
                         label = header.class_label
                         rgb = transform(image, rng)
                     except DECODE_ERRORS as err:
-                        corrupt.append((int(index), f"{type(err).__name__}: {err}"))
+                        corrupt.append((int(index), decode_error(err)))
                         continue
                     if classes and not 0 <= label < classes:
                         raise DataError(f"label {label:g} outside [0, {classes}) in "

@@ -29,6 +29,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import UserError
+from ..paths import read_text
 
 __all__ = ["MAGIC", "RecordFormatError", "MissingIndexError", "IRHeader", "pack_record",
            "unpack_record", "RecordWriter", "RecordFile", "ShardSet", "shard_name",
@@ -314,32 +315,46 @@ def _record_end_problem(rec_path: str, offset: int, size: int) -> Optional[str]:
 
 
 def rebuild_index(rec_path: str, idx_path: Optional[str] = None) -> int:
-    """Scan a ``.rec`` and write its ``.idx`` (keys are record numbers); returns the count."""
+    """Scan a ``.rec`` and write its ``.idx`` (keys are record numbers); returns the count.
+    Nothing is written when the scan fails."""
+    if not rec_path.endswith(".rec"):
+        raise RecordFormatError(f"{rec_path} is not a .rec file")
     idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
-    count, offset, size = 0, 0, os.path.getsize(rec_path)
-    tmp = idx_path + ".tmp"
-    with open(rec_path, "rb") as rec, open(tmp, "w") as out:
-        record_start = 0
-        while offset < size:
-            head = rec.read(8)
-            if len(head) < 8:
-                raise RecordFormatError(f"{rec_path}: truncated header at byte {offset}")
-            magic, lrec = _LREC.unpack(head)
-            if magic != MAGIC:
-                raise RecordFormatError(f"{rec_path}: bad magic at byte {offset}")
-            cflag, length = lrec >> 29, lrec & _LENGTH_MASK
-            if cflag in (0, 1):
-                record_start = offset
-            offset += 8 + length + (-length % 4)
-            if offset > size:
-                raise RecordFormatError(f"{rec_path}: record at byte {record_start} runs past "
-                                        f"the end of the file (truncated)")
-            rec.seek(offset)
-            if cflag in (0, 3):
-                out.write(f"{count}\t{record_start}\n")
-                count += 1
-    os.replace(tmp, idx_path)
-    return count
+    with open(rec_path, "rb") as rec:
+        starts = _record_starts(rec, rec_path, os.path.getsize(rec_path))
+    tmp = f"{idx_path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as out:
+            out.writelines(f"{n}\t{start}\n" for n, start in enumerate(starts))
+        os.replace(tmp, idx_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return len(starts)
+
+
+def _record_starts(rec, rec_path: str, size: int) -> List[int]:
+    """Byte offsets of the records of an open ``.rec`` file, read from its part headers."""
+    starts, offset, record_start = [], 0, 0
+    while offset < size:
+        head = rec.read(8)
+        if len(head) < 8:
+            raise RecordFormatError(f"{rec_path}: truncated header at byte {offset}")
+        magic, lrec = _LREC.unpack(head)
+        if magic != MAGIC:
+            raise RecordFormatError(f"{rec_path}: bad magic at byte {offset} (not a RecordIO "
+                                    f"file, or damaged there)")
+        cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+        if cflag in (0, 1):
+            record_start = offset
+        offset += 8 + length + (-length % 4)
+        if offset > size:
+            raise RecordFormatError(f"{rec_path}: record at byte {record_start} runs past "
+                                    f"the end of the file (truncated)")
+        rec.seek(offset)
+        if cflag in (0, 3):
+            starts.append(record_start)
+    return starts
 
 
 def sha256_file(path: str) -> str:
@@ -355,16 +370,16 @@ def read_classes_file(path: str) -> List[Tuple[str, str]]:
     """The packer's ``PREFIX.classes.tsv`` (``index<TAB>class id<TAB>name``) as a list of
     ``(class id, name)`` in label order."""
     rows = []
-    with open(path) as handle:
-        for line_no, line in enumerate(handle, 1):
-            if line.strip() and not line.startswith("#"):
-                fields = line.rstrip("\n").split("\t")
-                if len(fields) < 2 or not fields[0].strip().isdigit():
-                    raise RecordFormatError(f"{path}:{line_no}: expected 'index<TAB>class id"
-                                            f"<TAB>name' (a classes file written by pack), got "
-                                            f"{line.strip()[:60]!r}")
-                name = fields[2] if len(fields) > 2 else fields[1]
-                rows.append((int(fields[0]), fields[1], name))
+    for line_no, line in enumerate(read_text(path, "classes").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or not fields[0].strip().isdigit():
+            raise RecordFormatError(f"{path}:{line_no}: expected 'index<TAB>class id<TAB>name' "
+                                    f"(a classes file written by pack), got "
+                                    f"{line.strip()[:60]!r}")
+        name = fields[2] if len(fields) > 2 else fields[1]
+        rows.append((int(fields[0]), fields[1], name))
     if not rows:
         raise RecordFormatError(f"{path} lists no classes")
     rows.sort()
@@ -430,9 +445,13 @@ def resolve_shards(spec: Union[str, Sequence[str]]) -> List[str]:
             paths.extend(resolve_shards(item))
         return paths
     if os.path.isfile(spec):
+        if not spec.endswith(".rec"):
+            raise ShardSetError(f"{spec} is not a .rec file (give the .rec of a shard, or the "
+                                f"shard prefix)")
         return [spec]
     if os.path.isdir(spec):
-        candidates = sorted(glob.glob(os.path.join(spec, "*.rec")))
+        candidates = sorted(glob.glob(os.path.join(glob.escape(spec), "*.rec")))
+        _check_one_set_in_folder(spec, candidates)
     elif glob.has_magic(spec):
         candidates = sorted(p for p in glob.glob(spec) if p.endswith(".rec"))
     else:
@@ -450,6 +469,16 @@ def resolve_shards(spec: Union[str, Sequence[str]]) -> List[str]:
         if prefix is not None:
             _check_shard_set(spec, prefix, paths)
     return candidates
+
+
+def _check_one_set_in_folder(folder: str, paths: List[str]):
+    """A folder stands for the one shard set it holds; several (train and val, or two packs)
+    would be read as one, so they are refused."""
+    names = sorted({os.path.basename(shard_prefix(p) or p) for p in paths})
+    if len(names) > 1:
+        raise ShardSetError(f"{folder} holds {len(names)} shard sets ({_first(names, 5)}); "
+                            f"give the prefix of one, e.g. "
+                            f"{os.path.join(folder, names[0])}")
 
 
 def _check_shard_set(spec: str, prefix: str, paths: List[str]):

@@ -27,7 +27,7 @@ from .autoaugment import AutoAugment
 
 __all__ = ["decode", "random_resized_crop_box", "TrainTransform", "EvalTransform",
            "color_jitter_matrix", "INTERPOLATIONS", "resample_filter", "to_rgb",
-           "DECODE_ERRORS"]
+           "DECODE_ERRORS", "decode_error"]
 
 # ImageNet RGB covariance: eigenvalues and eigenvectors (columns), 0-255 scale.
 PCA_EIGVAL = np.array([55.46, 4.794, 1.148])
@@ -77,6 +77,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
 # data (OSError, SyntaxError, ValueError) and its refusal of images with more than twice
 # Image.MAX_IMAGE_PIXELS pixels (a decompression bomb).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def decode_error(err: BaseException) -> str:
+    """What went wrong decoding an image, in words (Pillow names its in-memory buffer, which
+    means nothing to the user, when it cannot identify a format)."""
+    if isinstance(err, Image.UnidentifiedImageError):
+        return "not an image Pillow can read (unknown format, or damaged at its start)"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
 
 
 def decode(image_bytes: bytes, draft_size: Optional[Tuple[int, int]] = None) -> Image.Image:

@@ -43,6 +43,8 @@ def _root_prefix(names):
 
 
 def _read(path):
+    if os.path.isdir(path):
+        raise WeightsFileError(f"weights file {path} is a folder (give a .params file in it)")
     if not os.path.isfile(path):
         raise WeightsFileError(f"weights file not found: {path}")
     try:
@@ -99,7 +101,8 @@ def match_parameters(net, loaded):
         name, got, want = wrong[0]
         raise WeightsMismatchError(
             f"{len(wrong)} parameter(s) have the wrong shape, e.g. {name}: file {got}, network "
-            f"{want}. A different number of classes? Build the net with classes={got[0]}."
+            f"{want}: the file is for {got[0]} classes (data.num_classes={got[0]}, "
+            f"--num-classes {got[0]}, get_model(classes={got[0]}))"
             if name.startswith("fc.") else
             f"{len(wrong)} parameter(s) have the wrong shape, e.g. {name}: file {got}, "
             f"network {want}")

@@ -80,6 +80,9 @@ def _fit(config, workdir, dist, callbacks, stop):
     if run.rank0:   # after the restore: a config that cannot resume leaves the old one
         record_config(config, workdir, state.restored_step)
     last_eval, status = None, _limit_reached(run, state) or "finished"
+    if state.epoch >= config.train.epochs and run.rank0:
+        log.warning("the run has done %d epoch(s), train.epochs is %d: nothing left to train "
+                    "(raise train.epochs to go on)", state.epoch, config.train.epochs)
     with Watchdog(config.train.stall_timeout) as watchdog, \
             Callbacks(default_callbacks(run) + list(callbacks)) as hooks:
         hooks("on_start", run, state)

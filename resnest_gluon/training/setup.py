@@ -230,8 +230,9 @@ def _check_resumable(run: Run, folder: str, meta: dict):
     differences = checkpoint_differences(folder, meta, run.net, cfg.to_dict(run.config),
                                          os.path.join(run.workdir, "config.yaml"))
     if differences:
-        raise ResumeError(f"cannot resume from {folder}, it holds another model: "
-                          f"{'; '.join(differences)}. {_start_over(run, folder)}")
+        listed = "; ".join(d.rstrip(". ") for d in differences)
+        raise ResumeError(f"cannot resume from {folder}, it holds another model: {listed}. "
+                          f"{_start_over(run, folder)}")
 
 
 def _start_over(run: Run, folder: str) -> str:
@@ -262,6 +263,9 @@ def restore_state(run: Run) -> RunState:
                           ) from None
     if meta is None and run.config.model.pretrained:
         load_weights(run.net, run.config.model.pretrained, ctx=run.ctx)
+    elif run.config.model.pretrained:
+        log.warning("model.pretrained is not used: the run resumes from its own checkpoint "
+                    "%s (model.pretrained only starts fresh runs)", found[0])
     state = RunState()
     if meta is not None:
         if meta.get("config_hash") != cfg.config_hash(run.config):
