@@ -19,6 +19,12 @@ PYTEST_ARGS ?=
 
 include Makefile.env
 
+# A CUDA build of MXNet (MXNET_PKG=mxnet-cu112) gets Horovod with NCCL: the toolkit and NCCL
+# are found first (scripts/check_gpu_build.py says what is missing), and --check-build must
+# list NCCL. Its environment has its own name, so the CPU one is untouched.
+GPU_BUILD  := $(findstring -cu,$(MXNET_PKG))
+GPU_CHECK  := $(PYTHON) scripts/check_gpu_build.py --horovod-env --mxnet-pkg $(MXNET_PKG)
+
 .PHONY: all env demo test lint bench clean-env help
 all: help
 
@@ -29,6 +35,9 @@ help:
 	@echo "make env    - only set up the environment ($(VENV))"
 
 $(DEPS_STAMP):
+ifneq ($(GPU_BUILD),)
+	@$(GPU_CHECK) >/dev/null
+endif
 	@echo ">>> creating virtual environment $(VENV)"
 	rm -rf $(VENV)
 	mkdir -p $(CACHE_DIR)
@@ -36,13 +45,17 @@ $(DEPS_STAMP):
 	$(VPY) -m pip install --quiet --upgrade "pip==24.2"
 	$(VPY) -m pip install --quiet -c requirements/constraints.txt $(MXNET_PKG) numpy
 	$(VPY) -m pip install --quiet -c requirements/constraints.txt -r requirements/dev.txt
-	@echo ">>> building horovod from source with MXNet + Gloo (about 5 minutes on 2 cores)"
-	PATH=$(VENV)/bin:$$PATH $(HOROVOD_BUILD_ENV) \
+	@echo ">>> building horovod from source with MXNet + Gloo $(if $(GPU_BUILD),+ NCCL )(about 5 minutes on 2 cores)"
+	PATH=$(VENV)/bin:$$PATH $(HOROVOD_BUILD_ENV) $(if $(GPU_BUILD),$$($(GPU_CHECK))) \
 	  $(VPY) -m pip install --quiet --no-build-isolation --no-cache-dir \
 	  -c requirements/constraints.txt horovod
 	$(VENV)/bin/horovodrun --check-build | tee $(VENV)/horovod-check.txt
 	grep -q "\[X\] MXNet" $(VENV)/horovod-check.txt
 	grep -q "\[X\] Gloo" $(VENV)/horovod-check.txt
+ifneq ($(GPU_BUILD),)
+	grep -q "\[X\] NCCL" $(VENV)/horovod-check.txt || { echo "Horovod was built without NCCL:" \
+	  "see the pip output above"; exit 1; }
+endif
 	touch $@
 
 # The package itself is installed editable into the shared environment; re-pointed when the

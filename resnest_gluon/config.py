@@ -35,6 +35,7 @@ class ModelConfig:
     final_drop: Optional[float] = None       # dropout before the classifier; None: spec's
     last_gamma: bool = True                  # zero-init the last BN gamma of each block
     pretrained: str = ""    # start a fresh run from these weights (ours or published Gluon)
+    attention_product: str = "auto"   # split attention: batch_dot, broadcast_mul, or auto
     overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -60,6 +61,7 @@ class DataConfig:
     chunk: int = 128                # sequential-read chunk (records); see data/partition.py
     window: int = 2048              # shuffle window (records)
     max_bad_fraction: float = 0.001     # unreadable records allowed per epoch / evaluation
+    normalize_on: str = "auto"      # device (uint8 upload, 4x less), workers, or auto (GPU: device)
 
 
 @dataclasses.dataclass
@@ -135,6 +137,8 @@ _RANGES = [
     ("data.chunk", lambda v: v >= 1, ">= 1"),
     ("data.window", lambda v: v >= 1, ">= 1"),
     ("data.max_bad_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("data.normalize_on", lambda v: v in ("auto", "device", "workers"),
+     "one of auto, device, workers"),
     ("model.dropblock_prob", lambda v: v is None or 0 <= v < 1, "in [0, 1)"),
     ("model.final_drop", lambda v: v is None or 0 <= v < 1, "in [0, 1)"),
     ("optim.lr", lambda v: v is None or v > 0, "> 0"),

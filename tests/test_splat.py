@@ -3,7 +3,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from resnest_gluon.models.splat import SplitAttentionConv, attention_channels
+from resnest_gluon.models.splat import ATTENTION_PRODUCTS, SplitAttentionConv, attention_channels
 
 
 def _randomise_bn(block, rng):
@@ -114,3 +114,56 @@ def test_attention_width_rule():
 def test_radix_zero_is_rejected():
     with pytest.raises(ValueError, match="radix"):
         SplitAttentionConv(16, radix=0, in_channels=16)
+
+
+@pytest.mark.parametrize("radix,cardinality", [(1, 1), (2, 1), (4, 1), (2, 2)])
+def test_both_attention_products_compute_the_same_values_and_gradients(radix, cardinality):
+    rng = np.random.RandomState(7 + radix)
+    channels = 16 * cardinality
+    x = mx.nd.array(rng.normal(size=(2, channels, 5, 6)).astype("float32"))
+    results = {}
+    for product in ATTENTION_PRODUCTS:
+        block = SplitAttentionConv(channels, 3, 1, 1, cardinality=cardinality, radix=radix,
+                                   in_channels=channels, attention_product=product)
+        block.initialize()
+        for n, param in enumerate(block.collect_params().values()):   # the same in both
+            values = np.random.RandomState(n).normal(0, 0.3, param.shape)
+            if param.name.endswith("running_var"):
+                values = np.abs(values) + 0.5
+            param.set_data(mx.nd.array(values))
+        block.hybridize(static_alloc=True, static_shape=True)
+        data = x.copy()
+        data.attach_grad()
+        with mx.autograd.record():
+            out = block(data)
+            loss = (out * out).sum()
+        loss.backward()
+        grads = {n: p.grad().asnumpy() for n, p in enumerate(block.collect_params().values())
+                 if p.grad_req != "null"}
+        results[product] = (out.asnumpy(), data.grad.asnumpy(), grads)
+    (out_a, dx_a, g_a), (out_b, dx_b, g_b) = results.values()
+    np.testing.assert_allclose(out_a, out_b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx_a, dx_b, rtol=1e-4, atol=1e-4)
+    assert g_a.keys() == g_b.keys() and len(g_a) >= 6
+    for name in g_a:
+        np.testing.assert_allclose(g_a[name], g_b[name], rtol=1e-4, atol=1e-4)
+
+
+def test_auto_picks_the_product_for_the_device():
+    from resnest_gluon.config import load_config
+    from resnest_gluon.training.setup import build_network
+
+    def products(net):
+        found = set()
+        net.apply(lambda b: found.add(b.attention_product)
+                  if isinstance(b, SplitAttentionConv) else None)
+        return found
+
+    config = load_config(None, ["model.name=resnest14", "data.num_classes=10"])
+    assert products(build_network(config, device_type="cpu")) == {"batch_dot"}
+    assert products(build_network(config, device_type="gpu")) == {"broadcast_mul"}
+    config.model.attention_product = "broadcast_mul"
+    assert products(build_network(config, device_type="cpu")) == {"broadcast_mul"}
+    config.model.attention_product = "einsum"
+    with pytest.raises(ValueError, match="attention_product must be one of"):
+        build_network(config)

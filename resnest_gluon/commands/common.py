@@ -5,6 +5,7 @@ import argparse
 from ..config import load_config
 from ..data.transforms import INTERPOLATIONS
 from ..models import EvalSettings, get_model, resolve_eval_settings
+from ..models.splat import attention_product_for
 from ..training.setup import build_network, eval_settings
 from .cli import positive_int
 
@@ -59,7 +60,9 @@ def load_network(args, ctx):
     """
     config = load_config(args.config) if args.config else None
     classes = args.num_classes or (config.data.num_classes if config else 1000)
-    net = build_network(config, classes) if config else get_model(args.model, classes=classes)
+    net = (build_network(config, classes, ctx.device_type) if config else
+           get_model(args.model, classes=classes,
+                     attention_product=attention_product_for(ctx.device_type)))
     if args.params:
         from ..models.convert import load_weights
         load_weights(net, args.params, ctx=ctx)

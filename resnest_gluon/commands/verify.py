@@ -12,9 +12,9 @@ import sys
 
 from ..data import ShardSet
 from ..paths import atomic_write, make_parent
+from ..training.devices import default_context
 from ..training.dist import init_distributed
 from ..training.evaluate import evaluate
-from ..training.setup import default_context
 from . import setup_logging
 from .cli import command, non_negative_int, positive_int
 from .common import add_eval_arguments, add_model_arguments, load_network, settings_from_args

@@ -164,6 +164,9 @@ class BatchLoader:
         less to copy; :meth:`Normalization.batch` normalises it on the device).
     ctx : mxnet.Context, optional
         Where the NDArrays are created (default CPU).
+    pinned : bool, optional
+        Stage each batch in page-locked host memory and upload it asynchronously (default:
+        when ``ctx`` is a GPU).
     unreadable_label : float, optional
         The label an unreadable record's place in its batch gets. Its pixels are always
         another record's of the batch (the batch keeps its shape); None (training) also gives
@@ -180,7 +183,8 @@ class BatchLoader:
                  classes: Optional[int] = None, workers: int = 2, prefetch: int = 2,
                  seed: int = 0, epoch: int = 0,
                  normalization: Optional[Normalization] = None, ctx=None,
-                 report_every: float = 30.0, unreadable_label: Optional[float] = None):
+                 report_every: float = 30.0, unreadable_label: Optional[float] = None,
+                 pinned: Optional[bool] = None):
         self.shards = shards
         self.batches = list(batches)
         self.transform = transform
@@ -191,6 +195,7 @@ class BatchLoader:
         self.seed, self.epoch = int(seed), int(epoch)
         self.normalization = normalization
         self.ctx = ctx or mx.cpu()
+        self.pinned = self.ctx.device_type == "gpu" if pinned is None else bool(pinned)
         self.corrupt_count = 0
         self.corrupt_by_shard = collections.Counter()
         self.unreadable_label = unreadable_label
@@ -247,8 +252,13 @@ class BatchLoader:
         if corrupt:
             self._note_corrupt(corrupt)
         pixels, labels = layout.views(shm.buf, slot)
-        out = (mx.nd.array(pixels[:count], ctx=self.ctx, dtype=layout.dtype),
-               mx.nd.array(labels[:count], ctx=self.ctx, dtype=np.float32))
+        # Through page-locked memory to a GPU: the host copy is a memcpy and the upload an
+        # asynchronous DMA that overlaps the device's work (from pageable memory it blocks).
+        staging = mx.cpu_pinned() if self.pinned else self.ctx
+        out = (mx.nd.array(pixels[:count], ctx=staging, dtype=layout.dtype),
+               mx.nd.array(labels[:count], ctx=staging, dtype=np.float32))
+        if self.pinned:
+            out = tuple(array.copyto(self.ctx) for array in out)
         del pixels, labels   # views into shared memory must not outlive it
         self.images_loaded += count
         return out

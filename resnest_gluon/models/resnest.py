@@ -109,7 +109,8 @@ class Bottleneck(nn.HybridBlock):
     def __init__(self, planes, in_channels, strides=1, dilation=1, previous_dilation=1,
                  radix=2, cardinality=1, bottleneck_width=64, avd=True, avd_first=False,
                  downsample=None, dropblock_prob=None, last_gamma=False,
-                 attention_dropout=0.0, norm_kwargs=None, **kwargs):
+                 attention_dropout=0.0, norm_kwargs=None, attention_product="batch_dot",
+                 **kwargs):
         super().__init__(**kwargs)
         norm_kwargs = norm_kwargs or {}
         width = group_width(planes, bottleneck_width, cardinality)
@@ -125,7 +126,7 @@ class Bottleneck(nn.HybridBlock):
             self.conv2 = SplitAttentionConv(
                 width, 3, conv2_strides, dilation, dilation, cardinality=cardinality,
                 radix=radix, in_channels=width, attention_dropout=attention_dropout,
-                norm_kwargs=norm_kwargs)
+                norm_kwargs=norm_kwargs, attention_product=attention_product)
             self.bn2 = None
         else:
             self.conv2 = nn.Conv2D(width, 3, conv2_strides, dilation, dilation,
@@ -201,12 +202,16 @@ class ResNeSt(nn.HybridBlock):
         Image channels.
     norm_kwargs : dict, optional
         Extra BatchNorm arguments (e.g. ``use_global_stats``).
+    attention_product : str
+        How split attention multiplies its weights in (``batch_dot``, fastest on CPUs, or
+        ``broadcast_mul``, for GPUs); the same network and results either way.
     """
 
     def __init__(self, layers, radix=2, cardinality=1, bottleneck_width=64, stem_width=32,
                  deep_stem=True, avg_down=True, avd=True, avd_first=False, classes=1000,
                  output_stride=32, dropblock_prob=0.0, final_drop=0.0, last_gamma=False,
-                 attention_dropout=0.0, in_channels=3, norm_kwargs=None, **kwargs):
+                 attention_dropout=0.0, in_channels=3, norm_kwargs=None,
+                 attention_product="batch_dot", **kwargs):
         super().__init__(**kwargs)
         check_architecture(layers, radix, cardinality, bottleneck_width, stem_width, classes,
                            output_stride, dropblock_prob, final_drop)
@@ -216,7 +221,7 @@ class ResNeSt(nn.HybridBlock):
         block_args = dict(radix=radix, cardinality=cardinality,
                           bottleneck_width=bottleneck_width, avd=avd, avd_first=avd_first,
                           last_gamma=last_gamma, attention_dropout=attention_dropout,
-                          norm_kwargs=norm_kwargs)
+                          norm_kwargs=norm_kwargs, attention_product=attention_product)
         stem_out = stem_width * 2 if deep_stem else 64
         with self.name_scope():
             if deep_stem:

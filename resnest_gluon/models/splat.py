@@ -17,7 +17,20 @@ from mxnet.gluon import nn
 
 from .dropblock import SeededDropout
 
-__all__ = ["SplitAttentionConv", "attention_channels"]
+__all__ = ["SplitAttentionConv", "attention_channels", "ATTENTION_PRODUCTS",
+           "attention_product_for"]
+
+# How the attention weights multiply the splits: the same numbers, two kernels. batch_dot is
+# the fast one on CPUs (oneDNN, docs/benchmarks.md); broadcast_mul avoids cuBLAS batched GEMMs
+# of ~10^5 tiny (1 x 1) @ (1 x HW) matrices on GPUs and keeps float16 activations float16
+# under AMP (batch_dot meets the float32 softmax as a widest-type op).
+ATTENTION_PRODUCTS = ("batch_dot", "broadcast_mul")
+
+
+def attention_product_for(device_type: str) -> str:
+    """The default product for a device type: batch_dot on ``cpu``, broadcast_mul on ``gpu``
+    (until the GPU check script measures otherwise)."""
+    return "batch_dot" if device_type == "cpu" else "broadcast_mul"
 
 
 def attention_channels(in_channels: int, radix: int, reduction: int = 4, minimum: int = 32) -> int:
@@ -29,8 +42,10 @@ def attention_channels(in_channels: int, radix: int, reduction: int = 4, minimum
     return max(in_channels * radix // reduction, minimum)
 
 
-def _scale_rows(F, rows, weights, like):
+def _scale_rows(F, rows, weights, like, product="batch_dot"):
     """``rows * weights``, one weight per row, shaped like ``like`` (N, C, H, W).
+
+    With ``product="broadcast_mul"``: ``like * weights`` broadcast over H and W instead.
 
     ``rows`` is the (N*C, 1, HW) view of ``like``; ``weights`` holds its N*C weights. Written
     as a batched (1 x 1) @ (1 x HW) product rather than ``broadcast_mul``: the result is the
@@ -39,6 +54,8 @@ def _scale_rows(F, rows, weights, like):
     backward is two more small products (docs/benchmarks.md). Only ``rows``
     (a view of x, which the ReLU keeps anyway) and the weights are kept for the backward pass.
     """
+    if product == "broadcast_mul":
+        return F.broadcast_mul(like, F.reshape(weights, (0, -1, 1, 1)))
     scaled = F.batch_dot(F.reshape(weights, (-1, 1, 1)), rows)     # (N*C, 1, HW)
     return F.reshape_like(scaled, like)
 
@@ -77,6 +94,8 @@ class SplitAttentionConv(nn.HybridBlock):
         Dropout rate on the attention bottleneck (0 disables it).
     norm_kwargs : dict, optional
         Extra keyword arguments for the BatchNorm layers.
+    attention_product : str
+        How the weights multiply the splits (:data:`ATTENTION_PRODUCTS`): the same result.
 
     Notes
     -----
@@ -86,10 +105,14 @@ class SplitAttentionConv(nn.HybridBlock):
 
     def __init__(self, channels, kernel_size=3, strides=1, padding=1, dilation=1,
                  cardinality=1, radix=2, in_channels=0, attention_dropout=0.0,
-                 norm_kwargs=None, **kwargs):
+                 norm_kwargs=None, attention_product="batch_dot", **kwargs):
         super().__init__(**kwargs)
         if radix < 1:
             raise ValueError(f"radix must be >= 1 for split attention, got {radix}")
+        if attention_product not in ATTENTION_PRODUCTS:
+            raise ValueError(f"attention_product must be one of {ATTENTION_PRODUCTS}, got "
+                             f"{attention_product!r}")
+        self.attention_product = attention_product
         norm_kwargs = norm_kwargs or {}
         self.radix = radix
         self.cardinality = cardinality
@@ -127,12 +150,12 @@ class SplitAttentionConv(nn.HybridBlock):
             att = self.drop(att)
         att = self.fc2(att)
         if radix == 1:
-            return _scale_rows(F, rows, F.sigmoid(att), x)
+            return _scale_rows(F, rows, F.sigmoid(att), x, self.attention_product)
         # logits are [k][r][c]; softmax over r, then lay them out radix-major [r][k][c], the
         # order of x's channels.
         att = F.reshape(att, (0, self.cardinality, radix, -1))
         att = F.swapaxes(F.softmax(att, axis=2), 1, 2)
-        weighted = _scale_rows(F, rows, att, x)
+        weighted = _scale_rows(F, rows, att, x, self.attention_product)
         # split + add_n, not a sum over a radix axis: MXNet's CPU reduction over a middle
         # axis is several times slower than these copies (docs/benchmarks.md).
         summed = F.add_n(*F.split(weighted, num_outputs=radix, axis=1))

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import time
@@ -35,7 +36,7 @@ from ..errors import reason_of
 from ..models.convert import WeightsMismatchError, match_parameters
 from ..paths import ensure_free_space, raise_if_full
 
-__all__ = ["CheckpointManager", "atomic_save_parameters", "parameter_bytes",
+__all__ = ["CheckpointManager", "atomic_save_parameters", "parameter_bytes", "save_trainer_states",
            "checkpoint_differences"]
 
 # The settings that decide a checkpoint's parameters: another value cannot resume it.
@@ -60,6 +61,29 @@ def atomic_save_parameters(net, path):
         raise_if_full(err, folder, needed, os.path.basename(path))
         raise
     os.replace(tmp, path)
+
+
+def save_trainer_states(trainer, path: str):
+    """``trainer.save_states`` with every optimizer state on the CPU.
+
+    An NDArray loads onto the device it was saved from: states saved from each rank's GPU as
+    they are would all be allocated on that GPU by every rank of a node at resume. Saved from
+    the CPU they load there, and the updater moves each onto its weight's device at its first
+    update (``Updater.sync_state_context``), so every rank restores onto its own device.
+    """
+    # pylint: disable=protected-access
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    if trainer._update_on_kvstore:   # the kvstore's own format (not used by our trainers)
+        trainer.save_states(path)
+        return
+    updater = trainer._updaters[0]
+    states = {index: updater.sync_state_context(state, mx.cpu())
+              for index, state in updater.states.items()}
+    with open(path, "wb") as handle:
+        handle.write(pickle.dumps((states, updater.optimizer)))
 
 
 def parameter_bytes(params) -> int:
@@ -133,7 +157,7 @@ class CheckpointManager:
         # (apache/mxnet#18610): finish every pending operation before reading them.
         mx.nd.waitall()
         net.save_parameters(os.path.join(tmp, "model.params"))
-        trainer.save_states(os.path.join(tmp, "trainer.states"))
+        save_trainer_states(trainer, os.path.join(tmp, "trainer.states"))
         files = ["model.params", "trainer.states"]
         if ema is not None:
             ema.save(os.path.join(tmp, "ema.params"))

@@ -40,7 +40,10 @@ class ParameterEMA:
         return self.shadow
 
     def save(self, path: str):
-        mx.nd.save(path, self.shadow)
+        """Write the averages from the CPU: an NDArray loads onto the device it was saved from,
+        and every rank must restore onto its own (:meth:`load`)."""
+        mx.nd.save(path, {name: value.as_in_context(mx.cpu())
+                          for name, value in self.shadow.items()})
 
     def load(self, path: str):
         loaded = mx.nd.load(path)

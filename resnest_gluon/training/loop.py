@@ -33,7 +33,7 @@ from .callbacks import Callbacks, default_callbacks
 from .dist import init_distributed
 from .errors import TrainingError
 from .guards import StopFlag, Watchdog
-from .metrics import peak_memory_mb
+from .metrics import device_memory_mb, peak_memory_mb
 from .setup import restore_state, setup_run
 from .step import RunningStatistics, WindowMeter, train_step
 from .workdir import claim_workdir, record_config
@@ -139,7 +139,7 @@ def train_one_epoch(run, state, hooks, stop: StopFlag, watchdog: Watchdog) -> st
     window_started, status = time.time(), "finished"
     hooks("on_epoch_start", run, state)
     for data, labels in loader:
-        loss, logits = train_step(run, state, data, labels)
+        loss, logits = train_step(run, state, run.device_batch(data), labels)
         meter.add(loss, logits, labels)
         state.advance()
         in_flight.append(loss)
@@ -203,6 +203,9 @@ def sync_window(run, state, meter: WindowMeter, statistics: RunningStatistics, s
               "lr": run.lr(state, before=1), "first_step": first,
               "img_per_s": images / max(seconds, 1e-9), "peak_memory_mb": peak_memory_mb(),
               "unreadable": int(unreadable)}
+    gpu_memory = device_memory_mb(run.ctx)
+    if gpu_memory is not None:
+        record["gpu_memory_mb"] = gpu_memory
     return stops > 0, record
 
 

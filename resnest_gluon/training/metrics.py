@@ -7,11 +7,22 @@ a checkpoint's step at resume) and
 import json
 import os
 import time
+from typing import Optional
 
 from ..paths import atomic_write, raise_if_full
 
-__all__ = ["MetricsLog", "plot_curves", "read_metrics", "peak_memory_mb", "pyplot",
-           "save_figure"]
+__all__ = ["MetricsLog", "plot_curves", "read_metrics", "peak_memory_mb", "device_memory_mb",
+           "pyplot", "save_figure"]
+
+
+def device_memory_mb(ctx) -> Optional[float]:
+    """Memory in use on ``ctx``'s GPU in MB (MXNet's pool keeps what it allocated, so this is
+    the run's peak so far), or None on a CPU (see :func:`peak_memory_mb`)."""
+    if ctx.device_type != "gpu":
+        return None
+    import mxnet as mx
+    free, total = mx.context.gpu_memory_info(ctx.device_id)
+    return (total - free) / 2**20
 
 
 def peak_memory_mb() -> float:

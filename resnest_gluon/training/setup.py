@@ -10,6 +10,7 @@ import os
 from typing import Optional
 
 import mxnet as mx
+import numpy as np
 from mxnet import gluon
 
 from .. import config as cfg
@@ -25,7 +26,9 @@ from ..data import (
 from ..errors import reason_of
 from ..models import EvalSettings, get_model, get_spec, resolve_eval_settings
 from ..models.convert import load_weights
+from ..models.splat import attention_product_for
 from .checkpoint import CheckpointManager, checkpoint_differences
+from .devices import default_context
 from .ema import ParameterEMA
 from .errors import ResumeError, TrainingError
 from .evaluate import EvalNetwork, evaluate, structural_params
@@ -33,28 +36,27 @@ from .precision import Precision, make_precision
 from .schedule import Schedule, dropblock_prob_at, peak_lr
 from .state import RunState
 
-__all__ = ["Run", "setup_run", "restore_state", "build_network", "default_context",
-           "eval_settings"]
+__all__ = ["Run", "setup_run", "restore_state", "build_network", "eval_settings"]
 
 log = logging.getLogger(__name__)
 
 
-def default_context(local_rank: int = 0):
-    """GPU ``local_rank`` when MXNet sees GPUs, else CPU."""
-    return mx.gpu(local_rank) if mx.context.num_gpus() > 0 else mx.cpu()
-
-
-def build_network(config: cfg.Config, classes: Optional[int] = None):
-    """The configured zoo network (DropBlock starts at 0; the loop schedules it)."""
+def build_network(config: cfg.Config, classes: Optional[int] = None, device_type: str = "cpu"):
+    """The configured zoo network for a ``device_type`` device (DropBlock starts at 0; the
+    loop schedules it). ``model.attention_product=auto`` picks the product for the device."""
     overrides = dict(config.model.overrides)
     if config.model.final_drop is not None:
         overrides["final_drop"] = config.model.final_drop
+    product = config.model.attention_product
+    overrides["attention_product"] = (attention_product_for(device_type) if product == "auto"
+                                      else product)
     try:
         return get_model(config.model.name, classes=classes or config.data.num_classes,
                          last_gamma=config.model.last_gamma, **overrides)
     except (ValueError, TypeError) as err:   # the zoo's and the architecture's own checks
         raise cfg.ConfigError(f"model.name={config.model.name}"
-                              f"{' with model.overrides' if overrides else ''}: {err}") from None
+                              f"{' with model.overrides' if config.model.overrides else ''}: "
+                              f"{err}") from None
 
 
 def eval_settings(config: cfg.Config, size: Optional[int] = None,
@@ -119,8 +121,27 @@ class Run:
         return BatchLoader(self.train_shards, batches, transform, dc.input_size,
                            classes=dc.num_classes, workers=dc.workers, prefetch=dc.prefetch,
                            seed=tc.seed, epoch=state.epoch, ctx=self.ctx,
-                           normalization=Normalization(self.eval_settings.mean,
-                                                       self.eval_settings.std))
+                           normalization=None if self.normalize_on_device else
+                           self.normalization)
+
+    @property
+    def normalization(self) -> Normalization:
+        return Normalization(self.eval_settings.mean, self.eval_settings.std)
+
+    @property
+    def normalize_on_device(self) -> bool:
+        """Whether training batches travel as uint8 and are normalised on the device
+        (``data.normalize_on``; auto: on GPUs, where the upload is the cost, not on CPUs,
+        where the loader's workers do it in parallel)."""
+        where = self.config.data.normalize_on
+        return where == "device" or (where == "auto" and self.ctx.device_type == "gpu")
+
+    def device_batch(self, data):
+        """A training batch as the network takes it: uint8 NHWC batches are normalised here,
+        on the device."""
+        if data.dtype == np.uint8:
+            return self.normalization.batch(data, self.ctx)
+        return data
 
     def model_to_evaluate(self):
         """The evaluation network holding the weights to evaluate and save (EMA if on)."""
@@ -179,7 +200,7 @@ def _schedule(config: cfg.Config, steps_per_epoch: int, global_batch: int) -> Sc
 
 
 def _training_network(config: cfg.Config, precision: Precision, ctx):
-    net = build_network(config)
+    net = build_network(config, device_type=ctx.device_type)
     net.initialize(mx.init.MSRAPrelu(), ctx=ctx)
     deferred = [name for name, p in net.collect_params().items()
                 if p._deferred_init]   # pylint: disable=protected-access
@@ -212,7 +233,8 @@ def setup_run(config: cfg.Config, workdir: str, dist) -> Run:
     precision.attach(trainer)
     spec = get_spec(config.model.name)
     return Run(config=config, workdir=workdir, dist=dist, ctx=ctx, precision=precision,
-               net=net, trainer=trainer, eval_net=EvalNetwork(build_network(config), ctx),
+               net=net, trainer=trainer,
+               eval_net=EvalNetwork(build_network(config, device_type=ctx.device_type), ctx),
                ema=(ParameterEMA(structural_params(net), config.train.ema_decay)
                     if config.train.ema_decay > 0 else None),
                schedule=schedule, steps_per_epoch=steps_per_epoch, train_shards=train_shards,
