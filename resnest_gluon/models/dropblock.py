@@ -18,6 +18,8 @@ clears the cached graphs of the whole net so the new value takes effect on the n
 """
 from mxnet.gluon import nn
 
+from .precision import narrowest
+
 __all__ = ["DropBlock", "set_dropblock_prob", "get_dropblock_prob", "SeededDropout"]
 
 
@@ -59,13 +61,18 @@ class DropBlock(nn.HybridBlock):
         gamma = self.drop_prob / (b * b) * (h * w) / valid            # shape (1,)
         train_flag = F.square(F.Dropout(F.ones_like(gamma), p=0.5) - 1)
         gamma = F.cast(F.reshape(gamma * train_flag, (1, 1, 1, 1)), dtype=self._dtype)
-        seeds = F.broadcast_lesser(F.random.uniform_like(x, low=0.0, high=1.0), gamma)
+        # The mask is built in x's dtype (under AMP: float16, see narrowest); only the count
+        # of kept units, a sum of up to C*H*W ones that float16 cannot hold, is float32.
+        noise, gamma = narrowest(F, F.random.uniform_like(x, low=0.0, high=1.0), gamma)
+        seeds = F.broadcast_lesser(noise, gamma)
         dropped = F.Pooling(seeds, kernel=(b, b), stride=(1, 1), pad=(b // 2, b // 2),
                             pool_type="max")
-        keep = F.cast(1 - dropped, dtype="float32")
-        kept_fraction = F.mean(keep, axis=(1, 2, 3), keepdims=True)
-        mask = F.broadcast_div(keep, F.maximum(kept_fraction, 1e-6))
-        return x * F.cast(mask, dtype=self._dtype)
+        keep = 1 - dropped
+        kept_fraction = F.mean(F.cast(keep, dtype="float32"), axis=(1, 2, 3), keepdims=True)
+        kept_fraction = F.cast(F.maximum(kept_fraction, 1e-6), dtype=self._dtype)
+        keep, kept_fraction = narrowest(F, keep, kept_fraction)
+        x, mask = narrowest(F, x, F.broadcast_div(keep, kept_fraction))
+        return x * mask
 
     def cast(self, dtype):
         super().cast(dtype)

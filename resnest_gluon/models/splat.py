@@ -16,6 +16,7 @@ channels permuted (``tests/test_splat.py`` checks it against a naive NumPy versi
 from mxnet.gluon import nn
 
 from .dropblock import SeededDropout
+from .precision import narrowest
 
 __all__ = ["SplitAttentionConv", "attention_channels", "ATTENTION_PRODUCTS",
            "attention_product_for"]
@@ -55,8 +56,10 @@ def _scale_rows(F, rows, weights, like, product="batch_dot"):
     (a view of x, which the ReLU keeps anyway) and the weights are kept for the backward pass.
     """
     if product == "broadcast_mul":
-        return F.broadcast_mul(like, F.reshape(weights, (0, -1, 1, 1)))
-    scaled = F.batch_dot(F.reshape(weights, (-1, 1, 1)), rows)     # (N*C, 1, HW)
+        like, weights = narrowest(F, like, F.reshape(weights, (0, -1, 1, 1)))
+        return F.broadcast_mul(like, weights)
+    weights, rows = narrowest(F, F.reshape(weights, (-1, 1, 1)), rows)
+    scaled = F.batch_dot(weights, rows)     # (N*C, 1, HW)
     return F.reshape_like(scaled, like)
 
 
