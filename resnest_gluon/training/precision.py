@@ -61,8 +61,9 @@ class AMPPrecision(Precision):
         amp.init(target_dtype=self.name)
 
     def hybridize(self, net):
-        # AMP inserts casts when the graph is traced; its graphs are not statically planned.
-        net.hybridize()
+        # AMP inserts its casts when the graph is traced; the traced graph is planned
+        # statically like float32's (no allocation per step).
+        net.hybridize(static_alloc=True, static_shape=True)
 
     def attach(self, trainer):
         if self.scaled:
