@@ -304,3 +304,39 @@ def test_every_image_mode_packs_checks_and_loads_as_8_bit_rgb(tmp_path):
 def test_modes_without_a_file_format_convert_as_documented(mode, value, expected):
     from resnest_gluon.data.transforms import to_rgb
     assert to_rgb(Image.new(mode, (4, 4), value)).getpixel((1, 1)) == expected
+
+
+def test_a_persistent_loader_serves_epochs_with_the_same_workers(tmp_path):
+    """Epoch after epoch (and after an epoch left early) a persistent loader gives exactly
+    what a fresh loader per epoch gives, without forking again."""
+    good = _jpeg_bytes()
+    shards = _shard_with(tmp_path, [(n % 3, good) for n in range(24)])
+    transform = TrainTransform(32)
+
+    def epoch_batches(epoch):
+        return train_batches(len(shards), 4, 0, 1, seed=5, epoch=epoch, chunk=4, window=8)
+
+    def fresh(epoch):
+        loader = BatchLoader(shards, epoch_batches(epoch), transform, 32, classes=3,
+                             workers=2, seed=5, epoch=epoch, normalization=IMAGENET)
+        return [(x.asnumpy(), y.asnumpy()) for x, y in loader]
+
+    loader = BatchLoader(shards, epoch_batches(0), transform, 32, classes=3, workers=2,
+                         seed=5, epoch=0, normalization=IMAGENET, persistent=True)
+    with loader:
+        pids = None
+        for epoch in (0, 1, 2):
+            if epoch == 1:   # leave this epoch after one batch, as a stop request does
+                next(iter(loader.start_epoch(epoch_batches(epoch), epoch)))
+                continue
+            got = [(x.asnumpy(), y.asnumpy())
+                   for x, y in loader.start_epoch(epoch_batches(epoch), epoch)]
+            expected = fresh(epoch)
+            assert len(got) == len(expected) == 6
+            for (x, y), (ex, ey) in zip(got, expected):
+                np.testing.assert_array_equal(x, ex)
+                np.testing.assert_array_equal(y, ey)
+            now = [proc.pid for proc in loader._pool.procs]
+            assert pids is None or now == pids
+            pids = now
+    assert loader._pool is None

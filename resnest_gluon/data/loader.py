@@ -77,7 +77,7 @@ def _store(pixels, pos, rgb, normalization):
 
 
 def _worker_loop(shards, transform, task_queue, result_queue, shm_name, layout, classes, seed,
-                 epoch, unreadable_label):
+                 unreadable_label):
     # A worker whose main process vanished (kill -9) exits instead of waiting forever.
     parent = os.getppid()
     shm = shared_memory.SharedMemory(name=shm_name)
@@ -92,7 +92,7 @@ def _worker_loop(shards, transform, task_queue, result_queue, shm_name, layout, 
                 continue
             if task is None:
                 return
-            batch_no, slot, indices = task
+            batch_no, slot, indices, epoch = task
             pixels, labels = layout.views(shm.buf, slot)
             corrupt, good = [], []
             try:
@@ -167,6 +167,10 @@ class BatchLoader:
     pinned : bool, optional
         Stage each batch in page-locked host memory and upload it asynchronously (default:
         when ``ctx`` is a GPU).
+    persistent : bool
+        Keep the worker processes (and their shared memory) from one iteration to the next:
+        :meth:`start_epoch` gives the next epoch's batches, :meth:`close` ends them. Forking
+        after CUDA is initialised costs seconds per fork; a training run forks once.
     unreadable_label : float, optional
         The label an unreadable record's place in its batch gets. Its pixels are always
         another record's of the batch (the batch keeps its shape); None (training) also gives
@@ -184,7 +188,7 @@ class BatchLoader:
                  seed: int = 0, epoch: int = 0,
                  normalization: Optional[Normalization] = None, ctx=None,
                  report_every: float = 30.0, unreadable_label: Optional[float] = None,
-                 pinned: Optional[bool] = None):
+                 pinned: Optional[bool] = None, persistent: bool = False):
         self.shards = shards
         self.batches = list(batches)
         self.transform = transform
@@ -196,13 +200,38 @@ class BatchLoader:
         self.normalization = normalization
         self.ctx = ctx or mx.cpu()
         self.pinned = self.ctx.device_type == "gpu" if pinned is None else bool(pinned)
+        self.unreadable_label = unreadable_label
+        self.persistent = persistent
+        self._pool = None
+        self._report_every = report_every
+        self._reset_counts()
+
+    def _reset_counts(self):
         self.corrupt_count = 0
         self.corrupt_by_shard = collections.Counter()
-        self.unreadable_label = unreadable_label
         self.images_loaded = 0
-        self._report_every = report_every
         self._last_report = 0.0
         self._reported = 0
+
+    def start_epoch(self, batches: Sequence, epoch: int):
+        """Serve ``batches`` of ``epoch`` on the next iteration (with the same workers when
+        persistent); the counts of unreadable records start again."""
+        self.batches = list(batches)
+        self.epoch = int(epoch)
+        self._reset_counts()
+        return self
+
+    def close(self):
+        """End the persistent workers and free their shared memory (idempotent)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def __len__(self):
         return len(self.batches)
@@ -234,16 +263,26 @@ class BatchLoader:
         if not self.batches:
             return
         layout = _Layout(self.batch_size, self.size, self.normalization)
-        slots = max(1, self.workers * self.prefetch)
-        shm = shared_memory.SharedMemory(create=True, size=slots * layout.slot_bytes)
-        try:
-            if self.workers == 0:
+        if self.workers == 0:
+            shm = shared_memory.SharedMemory(create=True, size=layout.slot_bytes)
+            try:
                 yield from self._iter_inline(shm, layout)
-            else:
-                yield from self._iter_workers(shm, layout, slots)
+            finally:
+                shm.close()
+                shm.unlink()
+            return
+        if self._pool is not None and self._pool.layout.shape != layout.shape:
+            self.close()   # another batch size: new shared memory
+        pool = self._pool or _WorkerPool(self, layout)
+        try:
+            yield from self._iter_workers(pool)
         finally:
-            shm.close()
-            shm.unlink()
+            if self.persistent and pool.alive():
+                pool.drain()
+                self._pool = pool
+            else:
+                pool.close()
+                self._pool = None
 
     def _collect(self, result, shm, slot, layout):
         batch_no, count, corrupt, error = result
@@ -266,50 +305,86 @@ class BatchLoader:
     def _iter_inline(self, shm, layout):
         tasks, results = queue.Queue(), queue.Queue()
         for batch_no, indices in enumerate(self.batches):
-            tasks.put((batch_no, 0, indices))
+            tasks.put((batch_no, 0, indices, self.epoch))
             tasks.put(None)
             _worker_loop(self.shards, self.transform, tasks, results, shm.name, layout,
-                         self.classes, self.seed, self.epoch, self.unreadable_label)
+                         self.classes, self.seed, self.unreadable_label)
             yield self._collect(results.get(), shm, 0, layout)
 
-    def _iter_workers(self, shm, layout, slots):
-        context = mp.get_context("fork")
-        task_queues = [context.Queue() for _ in range(self.workers)]
-        result_queues = [context.Queue() for _ in range(self.workers)]
-        procs = [context.Process(
-            target=_worker_main, daemon=True,
-            args=(self.shards, self.transform, task_queues[w], result_queues[w], shm.name,
-                  layout, self.classes, self.seed, self.epoch, self.unreadable_label))
-            for w in range(self.workers)]
-        for proc in procs:
-            proc.start()
+    def _iter_workers(self, pool):
+        slots, workers = pool.slots, self.workers
 
         def dispatch(batch_no):
             if batch_no < len(self.batches):
-                task_queues[batch_no % self.workers].put(
-                    (batch_no, batch_no % slots, np.asarray(self.batches[batch_no])))
+                pool.put(batch_no % workers, (batch_no, batch_no % slots,
+                                              np.asarray(self.batches[batch_no]), self.epoch))
 
-        try:
-            for batch_no in range(min(slots, len(self.batches))):
-                dispatch(batch_no)
-            for batch_no in range(len(self.batches)):
-                worker = batch_no % self.workers
-                while True:
-                    try:
-                        result = result_queues[worker].get(timeout=5.0)
-                        break
-                    except queue.Empty:
-                        if not procs[worker].is_alive():
-                            raise DataError(f"input worker {worker} died (exit code "
-                                            f"{procs[worker].exitcode}); out of memory?") \
-                                from None
-                batch = self._collect(result, shm, batch_no % slots, layout)
-                dispatch(batch_no + slots)
-                yield batch
-        finally:
-            for task_queue in task_queues:
-                task_queue.put(None)
-            for proc in procs:
-                proc.join(timeout=5)
-                if proc.is_alive():
-                    proc.terminate()
+        for batch_no in range(min(slots, len(self.batches))):
+            dispatch(batch_no)
+        for batch_no in range(len(self.batches)):
+            result = pool.get(batch_no % workers)
+            batch = self._collect(result, pool.shm, batch_no % slots, pool.layout)
+            dispatch(batch_no + slots)
+            yield batch
+
+
+class _WorkerPool:
+    """The worker processes of a :class:`BatchLoader`, their queues and shared memory.
+
+    Each worker takes its tasks in order from its own queue and answers in order on its own
+    result queue; :meth:`drain` waits for every answer still owed, so that no worker writes
+    into a slot the next iteration hands to another.
+    """
+
+    def __init__(self, loader: BatchLoader, layout: _Layout):
+        self.layout = layout
+        self.slots = max(1, loader.workers * loader.prefetch)
+        self.shm = shared_memory.SharedMemory(create=True, size=self.slots * layout.slot_bytes)
+        context = mp.get_context("fork")
+        count = loader.workers
+        self.tasks = [context.Queue() for _ in range(count)]
+        self.results = [context.Queue() for _ in range(count)]
+        self.owed = [0] * count
+        self.procs = [context.Process(
+            target=_worker_main, daemon=True,
+            args=(loader.shards, loader.transform, self.tasks[w], self.results[w],
+                  self.shm.name, layout, loader.classes, loader.seed,
+                  loader.unreadable_label))
+            for w in range(count)]
+        for proc in self.procs:
+            proc.start()
+
+    def put(self, worker: int, task):
+        self.tasks[worker].put(task)
+        self.owed[worker] += 1
+
+    def get(self, worker: int):
+        """The next result of ``worker``; :class:`DataError` if it died."""
+        while True:
+            try:
+                result = self.results[worker].get(timeout=5.0)
+                self.owed[worker] -= 1
+                return result
+            except queue.Empty:
+                if not self.procs[worker].is_alive():
+                    raise DataError(f"input worker {worker} died (exit code "
+                                    f"{self.procs[worker].exitcode}); out of memory?") from None
+
+    def alive(self) -> bool:
+        return all(proc.is_alive() for proc in self.procs)
+
+    def drain(self):
+        """Wait for the results of the tasks still in flight (an iteration left early)."""
+        for worker, owed in enumerate(self.owed):
+            for _ in range(owed):
+                self.get(worker)
+
+    def close(self):
+        for task_queue in self.tasks:
+            task_queue.put(None)
+        for proc in self.procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+        self.shm.close()
+        self.shm.unlink()

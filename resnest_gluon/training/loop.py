@@ -76,6 +76,14 @@ def fit(config: cfg.Config, workdir: str, dist=None, callbacks=()) -> dict:
 def _fit(config, workdir, dist, callbacks, stop):
     """:func:`fit` inside its stop flag and work-directory lock."""
     run = setup_run(config, workdir, dist)
+    try:
+        return _train(run, config, workdir, dist, callbacks, stop)
+    finally:
+        run.close()
+
+
+def _train(run, config, workdir, dist, callbacks, stop):
+    """:func:`fit` once the run is set up."""
     state = restore_state(run)
     if run.rank0:   # after the restore: a config that cannot resume leaves the old one
         record_config(config, workdir, state.restored_step)

@@ -91,6 +91,7 @@ class Run:
     mix: MixConfig
     checkpoints: CheckpointManager
     final_dropblock: float
+    _loader: Optional[BatchLoader] = dataclasses.field(default=None, repr=False)
 
     @property
     def rank0(self) -> bool:
@@ -111,18 +112,27 @@ class Run:
         return epoch < self.config.train.epochs - self.config.data.mixup_off_epochs
 
     def train_loader(self, state: RunState) -> BatchLoader:
-        """This rank's batches of ``state.epoch`` from ``state.batch_in_epoch`` on."""
+        """This rank's batches of ``state.epoch`` from ``state.batch_in_epoch`` on, from the
+        run's one loader (its worker processes live as long as the run: :meth:`close`)."""
         tc, dc = self.config.train, self.config.data
         batches = train_batches(len(self.train_shards), tc.batch_size, self.dist.rank,
                                 self.dist.size, tc.seed, state.epoch, state.batch_in_epoch,
                                 dc.chunk, dc.window)
-        transform = TrainTransform(dc.input_size, dc.autoaugment, dc.jitter, dc.lighting,
-                                   scale=(dc.min_crop_area, 1.0))
-        return BatchLoader(self.train_shards, batches, transform, dc.input_size,
-                           classes=dc.num_classes, workers=dc.workers, prefetch=dc.prefetch,
-                           seed=tc.seed, epoch=state.epoch, ctx=self.ctx,
-                           normalization=None if self.normalize_on_device else
-                           self.normalization)
+        if self._loader is None:
+            transform = TrainTransform(dc.input_size, dc.autoaugment, dc.jitter, dc.lighting,
+                                       scale=(dc.min_crop_area, 1.0))
+            self._loader = BatchLoader(
+                self.train_shards, batches, transform, dc.input_size, classes=dc.num_classes,
+                workers=dc.workers, prefetch=dc.prefetch, seed=tc.seed, epoch=state.epoch,
+                ctx=self.ctx, persistent=True,
+                normalization=None if self.normalize_on_device else self.normalization)
+        return self._loader.start_epoch(batches, state.epoch)
+
+    def close(self):
+        """End what the run holds open (the training loader's worker processes)."""
+        if self._loader is not None:
+            self._loader.close()
+            self._loader = None
 
     @property
     def normalization(self) -> Normalization:
