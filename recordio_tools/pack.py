@@ -141,21 +141,41 @@ def pack(items, classes, prefix, num_shards=None, shard_size_mb=None, resize=0, 
     indexed = [(i, path, label) for i, (path, label) in enumerate(sorted(items))]
     if shuffle:
         random.Random(seed).shuffle(indexed)
+    num_shards = _shard_count(indexed, num_shards, shard_size_mb)
+    _clear_previous_set(prefix, num_shards, overwrite)
+    options = {"resize": resize, "quality": quality, "shuffle": shuffle, "seed": seed,
+               "num_shards": num_shards}
+    _write_classes(prefix, classes, class_names or {})
+    _write_list(prefix, indexed)
+    stats, todo = _complete_shards(prefix, plan_shards(indexed, num_shards), options)
+    started = time.time()
+    _encode_shards(prefix, num_shards, todo, stats, resize, quality, workers, progress)
+    manifest = _write_manifest(prefix, classes, stats, options)
+    _report(prefix, manifest, time.time() - started)
+    return manifest
+
+
+def _shard_count(indexed, num_shards, shard_size_mb) -> int:
+    """``num_shards``, or one per ``shard_size_mb`` (default 100) MB of input; never more
+    shards than records."""
     if num_shards is None:
         total_bytes = sum(os.path.getsize(p) for _, p, _ in indexed if os.path.exists(p))
         target = (shard_size_mb or 100) * 1e6
         num_shards = max(1, math.ceil(total_bytes / target))
-    num_shards = max(1, min(int(num_shards), len(indexed)))
-    _clear_previous_set(prefix, num_shards, overwrite)
-    options = {"resize": resize, "quality": quality, "shuffle": shuffle, "seed": seed,
-               "num_shards": num_shards}
-    base = os.path.basename(prefix)
-    _write_classes(prefix, classes, class_names or {})
+    return max(1, min(int(num_shards), len(indexed)))
+
+
+def _write_list(prefix, indexed):
+    """``PREFIX.lst``: im2rec's ``index<TAB>label<TAB>path`` of every input, in index order."""
     with open(prefix + ".lst", "w") as lst:
         for index, path, label in sorted(indexed):
             lst.write(f"{index}\t{label}\t{path}\n")
 
-    shard_plans = plan_shards(indexed, num_shards)
+
+def _complete_shards(prefix, shard_plans, options):
+    """``(stats, todo)``: the stats of the shards a previous run of the same pack completed
+    (None for the others), and ``(shard, items, digest)`` of the shards left to write."""
+    num_shards = len(shard_plans)
     stats, todo = [None] * num_shards, []
     for s, shard_items in enumerate(shard_plans):
         digest = _shard_digest(shard_items, options)
@@ -171,12 +191,15 @@ def pack(items, classes, prefix, num_shards=None, shard_size_mb=None, resize=0, 
     if len(todo) < num_shards:
         log.info("%d of %d shards already complete; packing the other %d",
                  num_shards - len(todo), num_shards, len(todo))
+    return stats, todo
 
+
+def _encode_shards(prefix, num_shards, todo, stats, resize, quality, workers, progress):
+    """Encode and write the shards of ``todo`` (in worker processes), filling ``stats``."""
     workers = workers or os.cpu_count() or 1
-    remaining = sum(len(t[1]) for t in todo)
-    bar = tqdm(total=remaining, unit="img", desc=f"pack {base}", disable=not progress,
+    bar = tqdm(total=sum(len(t[1]) for t in todo), unit="img",
+               desc=f"pack {os.path.basename(prefix)}", disable=not progress,
                dynamic_ncols=True, file=sys.stderr)
-    started = time.time()
     # Ctrl-C reaches the whole process group: the workers leave it to this process
     pool = (mp.get_context("fork").Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN))
             if workers > 1 else None)
@@ -190,18 +213,21 @@ def pack(items, classes, prefix, num_shards=None, shard_size_mb=None, resize=0, 
         bar.close()
         if pool:
             pool.terminate()
-    manifest = _write_manifest(prefix, classes, stats, options)
+
+
+def _report(prefix, manifest, seconds):
+    """Log what was packed and skipped; a pack with no readable image is removed and is an
+    error."""
     skipped = manifest["skipped"]
     if manifest["records"] == 0:
         _remove_set(prefix)
         raise SourceError(f"none of the {len(skipped)} input file(s) is a readable image, e.g. "
                           f"{skipped[0]['path']}: {skipped[0]['reason']}")
     log.info("packed %d records into %d shards (%s-*-of-%05d.rec) in %.0f s; %d input(s) "
-             "skipped as unreadable", manifest["records"], num_shards, base, num_shards,
-             time.time() - started, len(skipped))
+             "skipped as unreadable", manifest["records"], manifest["num_shards"],
+             os.path.basename(prefix), manifest["num_shards"], seconds, len(skipped))
     for entry in skipped[:20]:
         log.warning("skipped %s: %s", entry["path"], entry["reason"])
-    return manifest
 
 
 def _previous_counts(prefix):
