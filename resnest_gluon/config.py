@@ -15,10 +15,10 @@ from typing import Any, Dict, List, Optional, Sequence, Union, get_args, get_ori
 import yaml
 
 from .errors import UserError
-from .paths import atomic_write, read_text
+from .paths import read_text
 
 __all__ = ["Config", "ModelConfig", "DataConfig", "TrainConfig", "OptimConfig", "DistConfig",
-           "ConfigError", "load_config", "parse_overrides", "config_hash", "to_dict", "dump_config",
+           "ConfigError", "load_config", "parse_overrides", "config_hash", "to_dict", "config_yaml",
            "validate", "read_yaml"]
 
 
@@ -324,6 +324,6 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def dump_config(config: Config, path: str):
-    """Write the resolved config as YAML."""
-    atomic_write(path, lambda handle: yaml.safe_dump(to_dict(config), handle, sort_keys=False))
+def config_yaml(config: Config) -> str:
+    """The resolved config as YAML text (what a run's config.yaml holds)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

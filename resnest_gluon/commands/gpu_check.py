@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from ..training.metrics import read_metrics
 from . import setup_logging
 from .cli import command, positive_int
 
@@ -100,7 +101,7 @@ def _newest_params(workdir: str) -> str:
 
 
 def _summarise(metrics_path: str, settings) -> dict:
-    steps = [json.loads(line) for line in open(metrics_path) if '"kind": "step"' in line]
+    steps = [r for r in read_metrics(metrics_path) if r["kind"] == "step"]
     timed = steps[len(steps) // 4:] or steps     # the first quarter warms up
     return {"first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"],
             "img_per_s": statistics.median(r["img_per_s"] for r in timed),

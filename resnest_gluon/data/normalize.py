@@ -32,6 +32,7 @@ class Normalization:
         self.std = tuple(float(s) for s in std)
         self.scale = (1.0 / np.asarray(self.std)).astype(np.float32)
         self.shift = (-np.asarray(self.mean) / np.asarray(self.std)).astype(np.float32)
+        self._on_device = {}   # (context, dtype) -> (scale, shift) NDArrays, uploaded once
 
     def write_chw(self, out: np.ndarray, rgb: np.ndarray):
         """Write the normalised ``rgb`` (H, W, 3 uint8) into ``out`` (3, H, W float32)."""
@@ -51,6 +52,10 @@ class Normalization:
         """An (N, H, W, 3) uint8 NDArray -> (N, 3, H, W) ``dtype`` on ``ctx``."""
         ctx = ctx or batch_uint8.context
         x = batch_uint8.as_in_context(ctx).astype(dtype)
-        scale = mx.nd.array(self.scale, ctx=ctx, dtype=dtype).reshape((1, 1, 1, 3))
-        shift = mx.nd.array(self.shift, ctx=ctx, dtype=dtype).reshape((1, 1, 1, 3))
+        key = (ctx, dtype)
+        if key not in self._on_device:
+            self._on_device[key] = tuple(
+                mx.nd.array(values, ctx=ctx, dtype=dtype).reshape((1, 1, 1, 3))
+                for values in (self.scale, self.shift))
+        scale, shift = self._on_device[key]
         return mx.nd.broadcast_add(mx.nd.broadcast_mul(x, scale), shift).transpose((0, 3, 1, 2))

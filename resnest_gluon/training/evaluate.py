@@ -76,9 +76,10 @@ def evaluate(net, shards: ShardSet, dist, settings: EvalSettings, batch_size: in
         sums += mx.nd.concat(topk_hits(logits, labels),
                              mx.nd.sum(labels >= 0).astype("float32").reshape((1,)), dim=0)
         if per_class:
-            scored = labels.asnumpy() >= 0
+            host_labels = labels.asnumpy()
+            scored = host_labels >= 0
             top1 = (logits.argmax(axis=1) == labels).asnumpy()[scored]
-            np.add.at(class_counts, labels.asnumpy()[scored].astype(int), np.stack(
+            np.add.at(class_counts, host_labels[scored].astype(int), np.stack(
                 [top1, np.ones_like(top1)], axis=1))
     local = np.concatenate([sums.asnumpy().astype(np.float64), [loader.corrupt_count]])
     total = dist.allreduce_sum(local, name="eval.counts")

@@ -5,6 +5,7 @@ the schedules, the evaluation network, and restoring a checkpoint into them
 (:func:`restore_state`). The loop (:mod:`.loop`) only drives what this module built.
 """
 import dataclasses
+import functools
 import logging
 import os
 from typing import Optional
@@ -134,8 +135,9 @@ class Run:
             self._loader.close()
             self._loader = None
 
-    @property
+    @functools.cached_property
     def normalization(self) -> Normalization:
+        """The model's mean/std normalisation (one instance: it keeps its device arrays)."""
         return Normalization(self.eval_settings.mean, self.eval_settings.std)
 
     @property

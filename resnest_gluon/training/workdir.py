@@ -20,8 +20,6 @@ import os
 import shutil
 import socket
 
-import yaml
-
 from .. import config as cfg
 from ..config import ConfigError
 from ..paths import atomic_write, make_folder
@@ -146,7 +144,7 @@ def record_config(config, workdir: str, step: int) -> str:
     one there, keep that one as ``config-<step>.yaml`` (the config the run had up to
     ``step``, where this one takes over). Call once the run is known to be valid."""
     path = os.path.join(workdir, "config.yaml")
-    text = yaml.safe_dump(cfg.to_dict(config), sort_keys=False)
+    text = cfg.config_yaml(config)
     if os.path.isfile(path):
         with open(path) as handle:
             previous = handle.read()
