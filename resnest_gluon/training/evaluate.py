@@ -22,7 +22,7 @@ from ..data import BatchLoader, DataError, EvalTransform, Normalization, ShardSe
 from ..models import EvalSettings, set_dropblock_prob
 from .errors import EvaluationError
 
-__all__ = ["evaluate", "EvalNetwork", "structural_params", "topk_hits"]
+__all__ = ["evaluate", "eval_loader", "EvalNetwork", "structural_params", "topk_hits"]
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,24 @@ def structural_params(net) -> dict:
     return net._collect_params_with_prefix()   # pylint: disable=protected-access
 
 
+def eval_loader(shards: ShardSet, dist, settings: EvalSettings, batch_size: int, workers: int,
+                classes: int, ctx, persistent: bool = False) -> BatchLoader:
+    """This rank's share of ``shards`` in evaluation batches (see :func:`eval_batches`).
+
+    ``persistent`` keeps its worker processes between evaluations (a training run evaluates
+    every few epochs; forking after CUDA is initialised costs seconds each time).
+    """
+    batches = eval_batches(len(shards), batch_size, dist.rank, dist.size)
+    return BatchLoader(shards, batches, EvalTransform(settings.size, settings.crop_ratio,
+                                                      settings.interpolation),
+                       settings.size, classes=classes, workers=workers, ctx=ctx,
+                       normalization=Normalization(settings.mean, settings.std),
+                       unreadable_label=_UNREADABLE, persistent=persistent)
+
+
 def evaluate(net, shards: ShardSet, dist, settings: EvalSettings, batch_size: int,
              workers: int, classes: int, ctx, per_class: bool = False,
-             max_unreadable: Optional[int] = 0) -> dict:
+             max_unreadable: Optional[int] = 0, loader: Optional[BatchLoader] = None) -> dict:
     """Top-1/top-5 over every record of ``shards`` exactly once across ranks.
 
     Parameters
@@ -54,6 +69,9 @@ def evaluate(net, shards: ShardSet, dist, settings: EvalSettings, batch_size: in
     max_unreadable : int, optional
         Records that may be unreadable (summed over ranks); more raise
         :class:`~resnest_gluon.data.DataError` naming them. None: no limit.
+    loader : BatchLoader, optional
+        A loader from :func:`eval_loader` over the same ``shards`` to reuse (a persistent
+        one keeps its workers); by default one is made for this evaluation.
 
     Returns
     -------
@@ -62,12 +80,9 @@ def evaluate(net, shards: ShardSet, dist, settings: EvalSettings, batch_size: in
         across ranks), ``unreadable`` (records that could not be decoded: not scored, not in
         ``images``), and with ``per_class`` a ``(classes, 2)`` array.
     """
-    batches = eval_batches(len(shards), batch_size, dist.rank, dist.size)
-    loader = BatchLoader(shards, batches, EvalTransform(settings.size, settings.crop_ratio,
-                                                        settings.interpolation),
-                         settings.size, classes=classes, workers=workers, ctx=ctx,
-                         normalization=Normalization(settings.mean, settings.std),
-                         unreadable_label=_UNREADABLE)
+    if loader is None:
+        loader = eval_loader(shards, dist, settings, batch_size, workers, classes, ctx)
+    loader.start_epoch(loader.batches, 0)
     sums = mx.nd.zeros((3,), ctx=ctx, dtype="float32")   # top-1, top-5, images: on the device
     class_counts = np.zeros((classes, 2)) if per_class else None
     for data, labels in tqdm(loader, desc="eval", unit="batch", disable=dist.rank != 0,
@@ -78,7 +93,9 @@ def evaluate(net, shards: ShardSet, dist, settings: EvalSettings, batch_size: in
         if per_class:
             host_labels = labels.asnumpy()
             scored = host_labels >= 0
-            top1 = (logits.argmax(axis=1) == labels).asnumpy()[scored]
+            # float32: float16 argmax indices are exact only up to 2048 classes
+            top1 = (logits.astype("float32", copy=False).argmax(axis=1) == labels
+                    ).asnumpy()[scored]
             np.add.at(class_counts, host_labels[scored].astype(int), np.stack(
                 [top1, np.ones_like(top1)], axis=1))
     local = np.concatenate([sums.asnumpy().astype(np.float64), [loader.corrupt_count]])

@@ -32,7 +32,7 @@ from .checkpoint import CheckpointManager, checkpoint_differences
 from .devices import default_context
 from .ema import ParameterEMA
 from .errors import ResumeError, TrainingError
-from .evaluate import EvalNetwork, evaluate, structural_params
+from .evaluate import EvalNetwork, eval_loader, evaluate, structural_params
 from .precision import Precision, make_precision
 from .schedule import Schedule, dropblock_prob_at, peak_lr
 from .state import RunState
@@ -93,6 +93,7 @@ class Run:
     checkpoints: CheckpointManager
     final_dropblock: float
     _loader: Optional[BatchLoader] = dataclasses.field(default=None, repr=False)
+    _eval_loader: Optional[BatchLoader] = dataclasses.field(default=None, repr=False)
 
     @property
     def rank0(self) -> bool:
@@ -130,10 +131,11 @@ class Run:
         return self._loader.start_epoch(batches, state.epoch)
 
     def close(self):
-        """End what the run holds open (the training loader's worker processes)."""
-        if self._loader is not None:
-            self._loader.close()
-            self._loader = None
+        """End what the run holds open (the loaders' worker processes)."""
+        for loader in (self._loader, self._eval_loader):
+            if loader is not None:
+                loader.close()
+        self._loader = self._eval_loader = None
 
     @functools.cached_property
     def normalization(self) -> Normalization:
@@ -167,9 +169,14 @@ class Run:
     def evaluate(self) -> dict:
         """Top-1/top-5 of :meth:`model_to_evaluate` on the validation shards."""
         dc = self.config.data
+        if self._eval_loader is None:
+            self._eval_loader = eval_loader(self.val_shards, self.dist, self.eval_settings,
+                                            self.config.train.batch_size, dc.workers,
+                                            dc.num_classes, self.ctx, persistent=True)
         return evaluate(self.model_to_evaluate(), self.val_shards, self.dist, self.eval_settings,
                         self.config.train.batch_size, dc.workers, dc.num_classes, self.ctx,
-                        max_unreadable=self.bad_record_budget(len(self.val_shards)))
+                        max_unreadable=self.bad_record_budget(len(self.val_shards)),
+                        loader=self._eval_loader)
 
     def checkpoint_meta(self, state: RunState) -> dict:
         """What a checkpoint's meta.json holds besides the files' checksums."""
