@@ -19,6 +19,7 @@ setup(
         "Pillow>=9.0",
         "opencv-python<4.9",
         "matplotlib<3.9",
+        "safetensors>=0.4",
     ],
     extras_require={
         # The CUDA build replaces the CPU one: pip install resnest_gluon[cu112] then
@@ -36,6 +37,7 @@ setup(
             "resnest-train=resnest_gluon.commands.train:main",
             "resnest-verify=resnest_gluon.commands.verify:main",
             "resnest-export=resnest_gluon.commands.export:main",
+            "resnest-convert=resnest_gluon.commands.convert:main",
             "resnest-predict=resnest_gluon.commands.predict:main",
             "resnest-bench-data=resnest_gluon.commands.bench_data:main",
             "resnest-ablation=resnest_gluon.commands.ablation:main",

@@ -74,7 +74,7 @@ def test_mismatched_files_are_clear_errors(published, tmp_path):
         get_model("resnest14", pretrained=str(tmp_path / "missing.params"))
     junk = tmp_path / "junk.params"
     junk.write_bytes(b"not a params file")
-    with pytest.raises(ValueError, match="not an MXNet"):
+    with pytest.raises(ValueError, match="not a weights file this reader knows"):
         get_model("resnest14", pretrained=str(junk))
 
 
