@@ -34,7 +34,10 @@ class ModelConfig:
     dropblock_prob: Optional[float] = None   # final DropBlock prob (stages 3-4); None: spec's
     final_drop: Optional[float] = None       # dropout before the classifier; None: spec's
     last_gamma: bool = True                  # zero-init the last BN gamma of each block
-    pretrained: str = ""    # start a fresh run from these weights (ours or published Gluon)
+    # start a fresh run from these weights: Gluon .params, PyTorch .pth/.pt/.bin (authors' or
+    # timm's) or .safetensors; a classifier for other classes is replaced by a new one
+    pretrained: str = ""
+    freeze: int = -1        # frozen for fine-tuning: -1 nothing, 0 the stem, k stem + stages 1..k
     attention_product: str = "auto"   # split attention: batch_dot, broadcast_mul, or auto
     overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -80,6 +83,7 @@ class OptimConfig:
     nesterov: bool = True
     weight_decay: float = 1e-4
     no_wd_on_bn_bias: bool = True
+    head_lr_mult: float = 1.0       # the classifier's LR / the rest's (fine-tuning: e.g. 10)
 
 
 @dataclasses.dataclass
@@ -141,7 +145,9 @@ _RANGES = [
      "one of auto, device, workers"),
     ("model.dropblock_prob", lambda v: v is None or 0 <= v < 1, "in [0, 1)"),
     ("model.final_drop", lambda v: v is None or 0 <= v < 1, "in [0, 1)"),
+    ("model.freeze", lambda v: -1 <= v <= 4, "from -1 (nothing) to 4 (the whole backbone)"),
     ("optim.lr", lambda v: v is None or v > 0, "> 0"),
+    ("optim.head_lr_mult", lambda v: v >= 0, ">= 0"),
     ("optim.base_lr", lambda v: v > 0, "> 0"),
     ("optim.warmup_epochs", lambda v: v >= 0, ">= 0"),
     ("optim.warmup_lr", lambda v: v >= 0, ">= 0"),

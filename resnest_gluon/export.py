@@ -97,7 +97,7 @@ def export_symbol(net, prefix: str, input_size: int = 224, batch_size: int = 1,
     set_dropblock_prob(net, 0.0)
     try:
         net.hybridize(static_alloc=True, static_shape=True)
-        expected = net(sample).asnumpy()
+        expected = _numpy_outputs(net(sample))
         if fuse:
             net.optimize_for(sample, backend="MKLDNN", static_alloc=True, static_shape=True)
         net.export(prefix, epoch=0)
@@ -107,10 +107,24 @@ def export_symbol(net, prefix: str, input_size: int = 224, batch_size: int = 1,
             net.hybridize(static_alloc=True, static_shape=True)
     symbol_file, params_file = f"{prefix}-symbol.json", f"{prefix}-0000.params"
     exported = load_exported(symbol_file, params_file)
-    diff = float(np.abs(exported(sample).asnumpy() - expected).max())
+    diff = _max_difference(_numpy_outputs(exported(sample)), expected)
     log.info("exported %s and %s (input %s); max |exported - gluon| = %.3g",
              symbol_file, params_file, shape, diff)
     return ExportResult(symbol_file, params_file, shape, diff)
+
+
+def _numpy_outputs(outputs) -> list:
+    """A network's output (one array, or a tuple/list of them: a backbone's) as a list of
+    NumPy arrays."""
+    if isinstance(outputs, (tuple, list)):
+        return [out.asnumpy() for out in outputs]
+    return [outputs.asnumpy()]
+
+
+def _max_difference(got, expected) -> float:
+    if len(got) != len(expected):
+        raise ExportError(f"the export has {len(got)} outputs, the network {len(expected)}")
+    return max(float(np.abs(np.asarray(a) - b).max()) for a, b in zip(got, expected))
 
 
 # mxnet 1.9.1 translates operators with its opset-13 rules but stamps the model with the
@@ -151,7 +165,8 @@ def export_onnx(symbol_file: str, params_file: str, input_shape, onnx_file: str,
     """Convert an exported symbol + params to ONNX and check it with onnxruntime.
 
     Needs ``onnx==1.15`` and ``onnxruntime`` (the ``onnx`` extra). Returns the max abs
-    difference between onnxruntime's output and MXNet's on ``sample`` (default: a seeded random
+    difference between onnxruntime's outputs and MXNet's (all of them, for a backbone's
+    several feature maps) on ``sample`` (default: a seeded random
     batch of ``input_shape``).
     """
     _import_onnxruntime()
@@ -164,9 +179,9 @@ def export_onnx(symbol_file: str, params_file: str, input_shape, onnx_file: str,
         sample = np.random.RandomState(0).normal(size=input_shape).astype("float32")
     sample = sample.asnumpy() if hasattr(sample, "asnumpy") else np.asarray(sample, np.float32)
     session = onnx_session(onnx_file)
-    got = session.run(None, {session.get_inputs()[0].name: sample})[0]
-    expected = load_exported(symbol_file, params_file)(mx.nd.array(sample)).asnumpy()
-    diff = float(np.abs(got - expected).max())
+    got = session.run(None, {session.get_inputs()[0].name: sample})
+    expected = _numpy_outputs(load_exported(symbol_file, params_file)(mx.nd.array(sample)))
+    diff = _max_difference(got, expected)
     log.info("exported %s; max |onnxruntime - mxnet| = %.3g", onnx_file, diff)
     return diff
 

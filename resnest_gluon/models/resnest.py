@@ -168,8 +168,36 @@ class Bottleneck(nn.HybridBlock):
         return F.Activation(out + shortcut, act_type="relu")
 
 
+def _check_out_indices(out_indices):
+    indices = tuple(int(k) for k in out_indices)
+    if not indices or any(k not in (1, 2, 3, 4) for k in indices) or len(set(indices)) < len(
+            indices):
+        raise ValueError(f"out_indices must be distinct stages from 1 to 4, got "
+                         f"{list(out_indices)}")
+    return indices
+
+
+def _stage_stride(geometry, stage):
+    stride = 4   # the stem: a strided convolution and a strided max pool
+    for strides, _ in geometry[:stage]:
+        stride *= strides
+    return stride
+
+
+def _use_running_statistics(block):
+    if isinstance(block, nn.BatchNorm):
+        block._kwargs["use_global_stats"] = True   # pylint: disable=protected-access
+
+
 class ResNeSt(nn.HybridBlock):
-    """ResNeSt (and ResNet-D when ``radix == 0``) image classifier.
+    """ResNeSt (and ResNet-D when ``radix == 0``) image classifier, or its backbone.
+
+    With ``features_only`` the network has no classifier and returns the feature maps of the
+    stages in ``out_indices`` (a tuple, in that order): stage ``k`` has stride ``2 ** (k + 1)``
+    at output stride 32 (4, 8, 16, 32; dilated stages keep the stride of the stage before) and
+    ``4 * (64, 128, 256, 512)[k - 1]`` channels, listed in :attr:`feature_strides` and
+    :attr:`feature_channels`. Its parameter names are the classifier's without ``fc.``, so
+    classification weights load into it.
 
     Parameters
     ----------
@@ -205,18 +233,28 @@ class ResNeSt(nn.HybridBlock):
     attention_product : str
         How split attention multiplies its weights in (``batch_dot``, fastest on CPUs, or
         ``broadcast_mul``, for GPUs); the same network and results either way.
+    features_only : bool
+        Build the backbone only (no pooling, dropout or classifier).
+    out_indices : sequence of int
+        With ``features_only``: the stages (1-4) whose outputs are returned.
     """
 
     def __init__(self, layers, radix=2, cardinality=1, bottleneck_width=64, stem_width=32,
                  deep_stem=True, avg_down=True, avd=True, avd_first=False, classes=1000,
                  output_stride=32, dropblock_prob=0.0, final_drop=0.0, last_gamma=False,
                  attention_dropout=0.0, in_channels=3, norm_kwargs=None,
-                 attention_product="batch_dot", **kwargs):
+                 attention_product="batch_dot", features_only=False, out_indices=(1, 2, 3, 4),
+                 **kwargs):
         super().__init__(**kwargs)
         check_architecture(layers, radix, cardinality, bottleneck_width, stem_width, classes,
                            output_stride, dropblock_prob, final_drop)
         self.in_channels = in_channels
-        self.classes = classes
+        self.classes = None if features_only else classes
+        self.features_only = bool(features_only)
+        self.out_indices = _check_out_indices(out_indices) if features_only else ()
+        geometry = stage_geometry(output_stride)
+        self.feature_strides = tuple(_stage_stride(geometry, k) for k in self.out_indices)
+        self.feature_channels = tuple(STAGE_PLANES[k - 1] * EXPANSION for k in self.out_indices)
         norm_kwargs = dict(norm_kwargs or {})
         block_args = dict(radix=radix, cardinality=cardinality,
                           bottleneck_width=bottleneck_width, avd=avd, avd_first=avd_first,
@@ -249,8 +287,11 @@ class ResNeSt(nn.HybridBlock):
                                          dilation, avg_down, stage_drop, block_args)
                 setattr(self, f"layer{index}", stage)
                 channels = planes * EXPANSION
-            self.drop = SeededDropout(final_drop) if final_drop > 0 else None
-            self.fc = nn.Dense(classes, in_units=channels)
+            if features_only:
+                self.drop = self.fc = None
+            else:
+                self.drop = SeededDropout(final_drop) if final_drop > 0 else None
+                self.fc = nn.Dense(classes, in_units=channels)
 
     @staticmethod
     def _make_stage(index, planes, blocks, in_channels, strides, dilation, avg_down,
@@ -284,13 +325,36 @@ class ResNeSt(nn.HybridBlock):
                                      dropblock_prob=dropblock_prob, **block_args))
         return stage
 
-    def features(self, F, x):
-        """Stem and the four stages (the dense-prediction backbone output)."""
+    def stages(self, F, x, last=4):
+        """The outputs of stages 1 to ``last`` (stem first)."""
         x = self.maxpool(F.Activation(self.bn1(self.conv1(x)), act_type="relu"))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        outputs = []
+        for index in range(1, last + 1):
+            x = getattr(self, f"layer{index}")(x)
+            outputs.append(x)
+        return outputs
+
+    def freeze(self, stages: int):
+        """Freeze the stem and the first ``stages`` stages for fine-tuning (-1: nothing, 0:
+        the stem only, 4: the whole backbone): their parameters get no gradient and their
+        BatchNorms use their running statistics, also in training. Call before the first
+        forward pass (the graph is built then)."""
+        if not -1 <= stages <= 4:
+            raise ValueError(f"stages to freeze must be from -1 to 4, got {stages}")
+        if stages < 0:
+            return
+        parts = [self.conv1, self.bn1] + [getattr(self, f"layer{k}")
+                                          for k in range(1, stages + 1)]
+        for part in parts:
+            for param in part.collect_params().values():
+                param.grad_req = "null"
+            part.apply(_use_running_statistics)
 
     def hybrid_forward(self, F, x):
-        x = F.Pooling(self.features(F, x), kernel=(1, 1), global_pool=True, pool_type="avg")
+        if self.features_only:
+            outputs = self.stages(F, x, max(self.out_indices))
+            return tuple(outputs[k - 1] for k in self.out_indices)
+        x = F.Pooling(self.stages(F, x)[-1], kernel=(1, 1), global_pool=True, pool_type="avg")
         x = F.flatten(x)
         if self.drop is not None:
             x = self.drop(x)

@@ -128,7 +128,7 @@ def get_spec(name: str) -> ModelSpec:
 _ARCH_OVERRIDES = {"layers", "radix", "cardinality", "bottleneck_width", "stem_width",
                    "deep_stem", "avg_down", "avd", "avd_first", "final_drop", "output_stride",
                    "last_gamma", "attention_dropout", "in_channels", "norm_kwargs", "prefix",
-                   "params", "attention_product"}
+                   "params", "attention_product", "features_only", "out_indices"}
 
 
 def get_model(name: str, classes: int = 1000, pretrained: Optional[str] = None,
@@ -142,10 +142,12 @@ def get_model(name: str, classes: int = 1000, pretrained: Optional[str] = None,
     classes : int
         Output classes.
     pretrained : str, optional
-        Path to a ``.params`` file: our own ``save_parameters`` output, a published Gluon
-        ResNeSt file (gluoncv model zoo / authors' release), or a file with full or
-        ``arg:``/``aux:`` prefixed names; see :func:`resnest_gluon.models.convert.load_weights`.
-        Without it the network is returned uninitialised (call ``initialize()``).
+        A weights file: Gluon ``.params`` (ours, the published Gluon weights, full or
+        ``arg:``/``aux:`` prefixed names), a PyTorch state dict of the authors' or timm's
+        (``.pth``/``.pt``/``.bin``, read without torch) or ``.safetensors``; see
+        :func:`resnest_gluon.models.convert.load_weights`. A backbone (``features_only``)
+        ignores the file's classifier. Without it the network is returned uninitialised
+        (call ``initialize()``).
     dropblock_prob : float, optional
         Initial DropBlock probability on stages 3-4; default 0 (the training loop schedules it
         towards ``spec.dropblock_prob``).
@@ -154,7 +156,9 @@ def get_model(name: str, classes: int = 1000, pretrained: Optional[str] = None,
     **overrides
         Any architecture field (``radix``, ``cardinality``, ``bottleneck_width``,
         ``stem_width``, ``layers``, ``avd_first``, ``output_stride``, ``last_gamma``,
-        ``final_drop``, ...) to build another point of the design space.
+        ``final_drop``, ...) to build another point of the design space, and
+        ``features_only=True`` with ``out_indices=(1, 2, 3, 4)`` for the backbone: a
+        HybridBlock returning the stage feature maps (see :class:`ResNeSt`).
 
     Returns
     -------

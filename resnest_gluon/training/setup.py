@@ -227,6 +227,7 @@ def _training_network(config: cfg.Config, precision: Precision, ctx):
         # The broadcast and the checkpoints need every shape now; a forward pass to infer
         # them would run the training network in inference mode (see evaluate.py).
         raise TrainingError(f"parameters without a shape after initialisation: {deferred[:3]}")
+    _prepare_fine_tuning(net, config)   # before hybridize: frozen BatchNorms change the graph
     if config.train.hybridize:
         precision.hybridize(net)
     if config.optim.no_wd_on_bn_bias:
@@ -234,6 +235,20 @@ def _training_network(config: cfg.Config, precision: Precision, ctx):
             if name.endswith(("gamma", "beta", "bias")):
                 param.wd_mult = 0.0
     return net
+
+
+def _prepare_fine_tuning(net, config: cfg.Config):
+    """``model.freeze`` and ``optim.head_lr_mult`` (both no-ops at their defaults)."""
+    net.freeze(config.model.freeze)
+    if config.model.freeze >= 0:
+        frozen = sum(p.grad_req == "null" for p in net.collect_params().values())
+        log.info("frozen: the stem%s (%d parameter arrays; their BatchNorms use running "
+                 "statistics)", f" and stages 1-{config.model.freeze}"
+                 if config.model.freeze else "", frozen)
+    if config.optim.head_lr_mult != 1.0:
+        for param in net.fc.collect_params().values():
+            param.lr_mult = config.optim.head_lr_mult
+        log.info("the classifier learns at %g x the learning rate", config.optim.head_lr_mult)
 
 
 def setup_run(config: cfg.Config, workdir: str, dist) -> Run:
@@ -303,7 +318,8 @@ def restore_state(run: Run) -> RunState:
         raise ResumeError(f"cannot resume from {found[0]}: {reason}. {_start_over(run, found[0])}"
                           ) from None
     if meta is None and run.config.model.pretrained:
-        load_weights(run.net, run.config.model.pretrained, ctx=run.ctx)
+        # a classifier for other classes keeps its fresh initialisation (fine-tuning)
+        load_weights(run.net, run.config.model.pretrained, ctx=run.ctx, new_head=True)
     elif run.config.model.pretrained:
         log.warning("model.pretrained is not used: the run resumes from its own checkpoint "
                     "%s (model.pretrained only starts fresh runs)", found[0])
