@@ -9,10 +9,14 @@ import json
 import lzma
 import os
 import pickle
+import subprocess
+import sys
 import zipfile
 
+import mxnet as mx
 import numpy as np
 import pytest
+from runs import ROOT, TRAIN, tiny
 
 from resnest_gluon import get_model
 from resnest_gluon.models.convert import WeightsMismatchError
@@ -21,6 +25,7 @@ from resnest_gluon.models.weight_files import WeightsFileError, file_format, rea
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
                         "torch_weights")
 MANIFEST = json.load(open(os.path.join(FIXTURES, "manifest.json")))
+CONVERT = os.path.join(ROOT, "scripts", "convert.py")
 NETWORK_FILES = [(entry, name) for entry in MANIFEST["networks"] for name in entry["files"]]
 
 
@@ -39,7 +44,7 @@ def test_published_torch_files_give_torchs_logits(entry, name, tmp_path):
     arrays = np.load(os.path.join(FIXTURES, entry["arrays"]))
     net = get_model(entry["model"], classes=entry["classes"], pretrained=path,
                     **entry["overrides"])
-    got = net(__import__("mxnet").nd.array(arrays["input"])).asnumpy()
+    got = net(mx.nd.array(arrays["input"])).asnumpy()
     expected = arrays["logits"]
     spread = expected.max() - expected.min()
     assert spread > 0.3                      # a meaningful comparison
@@ -130,3 +135,42 @@ def test_a_file_for_another_network_names_what_does_not_fit(tmp_path):
         get_model("resnest26", classes=10, pretrained=path)
     with pytest.raises(WeightsMismatchError, match="for 10 classes"):
         get_model("resnest14", classes=5, pretrained=path)
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+
+
+def test_convert_writes_a_gluon_file_with_torchs_logits(tmp_path):
+    entry = MANIFEST["networks"][0]                 # the authors' radix-2 network (resnest14)
+    source = _unpack(entry["files"][1], tmp_path)   # the legacy format
+    output = str(tmp_path / "out" / "converted.params")
+    run = _run(CONVERT, source, output, "--model", entry["model"])
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "(torch-legacy): resnest14 with 10 classes" in run.stderr
+    assert "max |logit difference| = 0" in run.stderr
+    arrays = np.load(os.path.join(FIXTURES, entry["arrays"]))
+    net = get_model("resnest14", classes=10, pretrained=output)
+    got = net(mx.nd.array(arrays["input"])).asnumpy()
+    spread = arrays["logits"].max() - arrays["logits"].min()
+    assert np.abs(got - arrays["logits"]).max() <= 1e-4 * spread
+    again = _run(CONVERT, source, output, "--model", entry["model"])
+    assert again.returncode == 2 and again.stderr.strip().endswith(
+        "converted.params exists; give another name or --overwrite")
+
+
+def test_verify_and_training_take_a_torch_file(digits, tmp_path):
+    train, val = digits
+    source = _unpack(MANIFEST["networks"][0]["files"][0], tmp_path)   # resnest14, 10 classes
+    verify = _run(os.path.join(ROOT, "scripts", "verify.py"), "--model", "resnest14",
+                  "--params", source, "--num-classes", "10", "--rec-val", val, "--size", "32",
+                  "--crop-ratio", "1", "--json")
+    assert verify.returncode == 0, verify.stderr[-2000:]
+    assert json.loads(verify.stdout.strip().splitlines()[-1])["images"] == 37
+    run = _run(TRAIN, "--workdir", str(tmp_path / "run"), *tiny(digits, "train.max_steps=2",
+               f"model.pretrained={source}", "data.num_classes=12"))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    log = run.stdout + run.stderr
+    assert "the file's is for 10 classes, the network's for 12" in log
+    assert f"loaded 127 parameters from {source}" in log   # all but the classifier's two

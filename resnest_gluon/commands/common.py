@@ -17,7 +17,9 @@ def add_model_arguments(parser, params_required=True):
     group.add_argument("--config", help="training config (YAML) of the model, e.g. the "
                                         "config.yaml a training run wrote")
     parser.add_argument("--params", required=params_required,
-                        help=".params: ours (best.params/final.params) or published Gluon weights")
+                        help="weights: ours (best.params/final.params), published Gluon "
+                             ".params, PyTorch .pth/.pt/.bin (the authors' or timm's) or "
+                             ".safetensors")
     parser.add_argument("--num-classes", type=positive_int, default=None,
                         help="classes (default: the config's, else 1000)")
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..models import get_model
-from ..models.convert import HEAD_PREFIX, read_parameters
+from ..models.convert import HEAD_PREFIX, load_arrays, read_parameters
 from ..models.weight_files import file_format
 from ..paths import make_parent, raise_if_full
 from . import setup_logging
@@ -33,34 +33,36 @@ def build_parser():
     parser.add_argument("output", help="the Gluon .params file to write")
     parser.add_argument("--model", required=True,
                         help="our zoo name of the network (timm's resnest50d is resnest50, "
-                             "resnest101e is resnest101; see docs/reference.md)")
+                             "resnest101e is resnest101; the table in docs/reference.md)")
     parser.add_argument("--num-classes", type=positive_int, default=None,
                         help="classes (default: the file's classifier's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return parser
 
 
-def file_classes(path: str, model: str) -> int:
-    """The class count of the classifier in the weights file ``path`` (1000 without one)."""
-    arrays = read_parameters(path, get_model(model))
+def classifier_classes(arrays: dict) -> int:
+    """The class count of the classifier among ``arrays`` (1000 without one)."""
     weight = arrays.get(HEAD_PREFIX + "weight")
-    if weight is None:
+    if weight is None:   # prefixed Gluon names: the classifier is the one dense layer
         dense = [v for k, v in arrays.items() if "dense" in k and k.endswith("weight")]
         weight = dense[-1] if dense else None
     return int(weight.shape[0]) if weight is not None else 1000
 
 
-def convert(source: str, output: str, model: str, classes: int = None) -> float:
+def convert(source: str, output: str, model: str, classes: int = None) -> dict:
     """Load ``source`` into zoo model ``model`` and save it to ``output`` (Gluon .params).
 
     Returns
     -------
-    float
-        The largest |logit difference| between the network loaded from ``source`` and the
-        one loaded from ``output`` on a random batch (0 when the copy is exact).
+    dict
+        ``format`` of the source, ``classes``, ``arrays`` (loaded), and ``max_diff``: the
+        largest |logit difference| between the network loaded from ``source`` and the one
+        loaded from ``output`` on a random batch (0 when the copy is exact).
     """
-    classes = classes or file_classes(source, model)
-    net = get_model(model, classes=classes, pretrained=source)
+    arrays = read_parameters(source, get_model(model))
+    classes = classes or classifier_classes(arrays)
+    net = get_model(model, classes=classes)
+    load_arrays(net, arrays, source=source)
     tmp = f"{output}.tmp{os.getpid()}.params"
     try:
         net.save_parameters(tmp)   # whole or not at all: a failed write leaves no output
@@ -72,7 +74,9 @@ def convert(source: str, output: str, model: str, classes: int = None) -> float:
         raise
     again = get_model(model, classes=classes, pretrained=output)
     batch = mx.nd.array(np.random.default_rng(0).standard_normal((2, 3, 64, 64)))
-    return float(np.abs(net(batch).asnumpy() - again(batch).asnumpy()).max())
+    diff = float(np.abs(net(batch).asnumpy() - again(batch).asnumpy()).max())
+    return {"format": file_format(source), "classes": classes, "arrays": len(arrays),
+            "max_diff": diff}
 
 
 @command("convert")
@@ -82,10 +86,9 @@ def main(argv=None) -> int:
     if os.path.exists(args.output) and not args.overwrite:
         raise UserError(f"{args.output} exists; give another name or --overwrite")
     make_parent(args.output, "output")
-    kind = file_format(args.source)
-    classes = args.num_classes or file_classes(args.source, args.model)
-    diff = convert(args.source, args.output, args.model, classes)
-    log.info("read %s (%s), %s with %d classes", args.source, kind, args.model, classes)
+    result = convert(args.source, args.output, args.model, args.num_classes)
+    log.info("%s (%s): %s with %d classes", args.source, result["format"], args.model,
+             result["classes"])
     log.info("wrote %s (%.1f MB); reloaded: max |logit difference| = %.3g", args.output,
-             os.path.getsize(args.output) / 1e6, diff)
+             os.path.getsize(args.output) / 1e6, result["max_diff"])
     return 0

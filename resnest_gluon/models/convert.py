@@ -23,8 +23,8 @@ import mxnet as mx
 from ..errors import UserError
 from .weight_files import WeightsFileError, file_format, read_weight_file
 
-__all__ = ["load_weights", "read_parameters", "torch_to_gluon_names", "WeightsMismatchError",
-           "WeightsFileError", "HEAD_PREFIX"]
+__all__ = ["load_weights", "load_arrays", "read_parameters", "torch_to_gluon_names",
+           "WeightsMismatchError", "WeightsFileError", "HEAD_PREFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +189,17 @@ def load_weights(net, path, ctx=None, new_head: bool = False) -> set:
     set
         Structural names of the parameters not loaded (a new classifier's), to initialise.
     """
-    ctx = ctx or mx.cpu()
-    matched = match_parameters(net, read_parameters(path, net), new_head=new_head)
+    return load_arrays(net, read_parameters(path, net), ctx, new_head, source=path)
+
+
+def load_arrays(net, arrays: dict, ctx=None, new_head: bool = False, source: str = "arrays"
+                ) -> set:
+    """:func:`load_weights` for arrays already read (:func:`read_parameters`)."""
+    matched = match_parameters(net, arrays, new_head=new_head)
     params = net._collect_params_with_prefix()  # pylint: disable=protected-access
     for name, arr in matched.items():
         # The same call load_parameters() makes; it also settles deferred shapes.
         params[name]._load_init(  # pylint: disable=protected-access
-            arr, ctx, cast_dtype=True, dtype_source="current")
-    log.info("loaded %d parameters from %s", len(matched), path)
+            arr, ctx or mx.cpu(), cast_dtype=True, dtype_source="current")
+    log.info("loaded %d parameters from %s", len(matched), source)
     return set(params) - set(matched)
