@@ -55,12 +55,19 @@ class DataConfig:
     workers: int = 4                # decoding processes per training process
     prefetch: int = 2               # batches in flight per worker
     autoaugment: bool = True
+    randaugment_n: int = 0          # RandAugment ops per image (0: off; instead of AutoAugment)
+    randaugment_m: float = 9.0      # its magnitude, 0-10 (timm's rand-m9-n2-mstd0.5: 9, 2, 0.5)
+    randaugment_mstd: float = 0.5   # std of the per-op magnitude
     min_crop_area: float = 0.08     # RandomResizedCrop area range [min, 1]
     jitter: float = 0.4
     lighting: float = 0.1
     label_smoothing: float = 0.1
     mixup_alpha: float = 0.2
-    mixup_off_epochs: int = 0       # no mixup in the last N epochs
+    cutmix_alpha: float = 0.0       # CutMix Beta(a, a); 0: off
+    mix_switch_prob: float = 0.5    # with mixup and CutMix both on: P(CutMix) per batch
+    mixup_off_epochs: int = 0       # no mixup (nor CutMix) in the last N epochs
+    random_erasing: float = 0.0     # probability per image of erasing a rectangle
+    erasing_mode: str = "pixel"     # pixel (random values) | const (the mean colour)
     chunk: int = 128                # sequential-read chunk (records); see data/partition.py
     window: int = 2048              # shuffle window (records)
     max_bad_fraction: float = 0.001     # unreadable records allowed per epoch / evaluation
@@ -69,8 +76,9 @@ class DataConfig:
 
 @dataclasses.dataclass
 class OptimConfig:
-    """NAG with warm-up and cosine decay, per iteration."""
+    """The optimizer (NAG by default) with warm-up and cosine decay, per update."""
 
+    name: str = "nag"               # nag | sgd | lars | lamb (MXNet's own)
     lr: Optional[float] = None      # peak LR; None: base_lr * global_batch / 256
     base_lr: float = 0.1
     warmup_epochs: float = 5.0
@@ -79,10 +87,17 @@ class OptimConfig:
     schedule: str = "cosine"        # cosine | step | constant
     step_epochs: List[int] = dataclasses.field(default_factory=lambda: [30, 60, 90])
     step_factor: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
+    momentum: float = 0.9           # nag, sgd, lars
+    nesterov: bool = True           # false with name nag: plain momentum SGD (older spelling)
     weight_decay: float = 1e-4
     no_wd_on_bn_bias: bool = True
+    clip_grad_norm: float = 0.0     # > 0: clip the global gradient norm (after the allreduce)
+    lars_eta: float = 0.001         # LARS trust coefficient
+    lars_epsilon: float = 0.0
+    lamb_beta1: float = 0.9
+    lamb_beta2: float = 0.999
+    lamb_epsilon: float = 1e-6
+    lamb_bias_correction: bool = True
     head_lr_mult: float = 1.0       # the classifier's LR / the rest's (fine-tuning: e.g. 10)
 
 
@@ -91,7 +106,8 @@ class TrainConfig:
     """The loop: length, batches, evaluation, checkpoints, logging."""
 
     epochs: int = 270
-    batch_size: int = 128           # per worker
+    batch_size: int = 128           # per worker and micro-batch
+    accumulate: int = 1             # micro-batches per update (global batch x this)
     seed: int = 0
     dtype: str = "float32"          # float32 | float16 (GPU, AMP) | bfloat16 (CPU, AMP)
     ema_decay: float = 0.0          # 0: off; else evaluate/export an EMA of the weights
@@ -124,6 +140,9 @@ class Config:
     dist: DistConfig = dataclasses.field(default_factory=DistConfig)
 
 
+# The optimizers optim.name selects (all MXNet's own).
+OPTIMIZERS = ("nag", "sgd", "lars", "lamb")
+
 # (key, predicate, description) range checks; keys are "section.field".
 _RANGES = [
     ("data.num_classes", lambda v: v >= 1, ">= 1"),
@@ -138,6 +157,13 @@ _RANGES = [
     ("data.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("data.mixup_alpha", lambda v: v >= 0, ">= 0"),
     ("data.mixup_off_epochs", lambda v: v >= 0, ">= 0"),
+    ("data.cutmix_alpha", lambda v: v >= 0, ">= 0"),
+    ("data.mix_switch_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("data.random_erasing", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("data.erasing_mode", lambda v: v in ("pixel", "const"), "pixel or const"),
+    ("data.randaugment_n", lambda v: v >= 0, ">= 0 (0: off)"),
+    ("data.randaugment_m", lambda v: 0 <= v <= 10, "in [0, 10]"),
+    ("data.randaugment_mstd", lambda v: v >= 0, ">= 0"),
     ("data.chunk", lambda v: v >= 1, ">= 1"),
     ("data.window", lambda v: v >= 1, ">= 1"),
     ("data.max_bad_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -153,11 +179,19 @@ _RANGES = [
     ("optim.warmup_lr", lambda v: v >= 0, ">= 0"),
     ("optim.final_lr", lambda v: v >= 0, ">= 0"),
     ("optim.schedule", lambda v: v in ("cosine", "step", "constant"), "cosine|step|constant"),
+    ("optim.name", lambda v: v in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
+    ("optim.clip_grad_norm", lambda v: v >= 0, ">= 0 (0: off)"),
+    ("optim.lars_eta", lambda v: v > 0, "> 0"),
+    ("optim.lars_epsilon", lambda v: v >= 0, ">= 0"),
+    ("optim.lamb_beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.lamb_beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.lamb_epsilon", lambda v: v > 0, "> 0"),
     ("optim.step_factor", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("optim.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
     ("train.epochs", lambda v: v >= 1, ">= 1"),
     ("train.batch_size", lambda v: v >= 1, ">= 1"),
+    ("train.accumulate", lambda v: v >= 1, ">= 1"),
     ("train.dtype", lambda v: v in ("float32", "float16", "bfloat16"),
      "float32|float16|bfloat16"),
     ("train.ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -280,6 +314,9 @@ def validate(config: Config) -> Config:
         value = getattr(getattr(config, section), field)
         if not check(value):
             raise ConfigError(f"{key} must be {description}, got {value!r}")
+    if config.data.autoaugment and config.data.randaugment_n > 0:
+        raise ConfigError("data.autoaugment and data.randaugment_n are alternatives: set "
+                          "data.autoaugment=false to use RandAugment")
     return config
 
 

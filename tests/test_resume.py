@@ -2,7 +2,8 @@
 
 A run interrupted by SIGTERM mid-epoch, or killed with kill -9 after a checkpoint, and then
 relaunched, ends with parameters bit-identical to an uninterrupted run and the same metrics,
-each step logged once: in one process and under ``horovodrun -np 2``. DropBlock, mixup,
+each step logged once: in one process, under ``horovodrun -np 2``, and accumulating two
+micro-batches per update (a stop finishes the update it is in). DropBlock, mixup,
 AutoAugment, colour jitter and a weight average are all on, so every random source is used.
 Between log windows the loop neither reads from the device nor calls a collective.
 """
@@ -35,10 +36,16 @@ def recipe(digits, *extra):
             "train.log_every=5", "optim.warmup_epochs=1", "optim.base_lr=0.2", *extra]
 
 
-def launch(workdir, digits, workers):
+# name: (workers, overrides); "1x2": one worker, updates of two micro-batches of 4
+CASES = {"1": (1, ()), "2": (2, ()),
+         "1x2": (1, ("train.batch_size=4", "train.accumulate=2", "optim.clip_grad_norm=2.0"))}
+
+
+def launch(workdir, digits, case):
     """The training CLI (under horovodrun for 2 workers), output to WORKDIR.log."""
+    workers, extra = CASES[case]
     command = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--workdir",
-               str(workdir), *recipe(digits)]
+               str(workdir), *recipe(digits, *extra)]
     if workers > 1:
         command = [HOROVODRUN, "-np", str(workers), "-H", f"localhost:{workers}"] + command
     with open(f"{workdir}.log", "a") as log:
@@ -100,21 +107,22 @@ def assert_same_run(reference, resumed):
 
 @pytest.fixture(scope="module")
 def references(digits, tmp_path_factory):
-    """Uninterrupted runs alone and with two workers."""
+    """Uninterrupted runs of every case."""
     out = {}
-    for workers in (1, 2):
-        workdir = tmp_path_factory.mktemp("reference") / f"w{workers}"
-        job = launch(workdir, digits, workers)
+    for case in CASES:
+        workdir = tmp_path_factory.mktemp("reference") / f"w{case}"
+        job = launch(workdir, digits, case)
         assert job.wait(timeout=600) == 0, output(workdir)[-3000:]
-        out[workers] = workdir
+        out[case] = workdir
     return out
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("case", list(CASES))
 def test_sigterm_mid_epoch_then_relaunch_replays_the_run_exactly(digits, references, tmp_path,
-                                                                  workers):
+                                                                  case):
+    workers = CASES[case][0]
     workdir = tmp_path / "run"
-    job = launch(workdir, digits, workers)
+    job = launch(workdir, digits, case)
     wait_for(lambda: "steps/epoch" in output(workdir), "the start of training")
     # what a scheduler does: every training process gets the signal (loader workers ignore it)
     pids = training_pids(workdir)
@@ -126,19 +134,20 @@ def test_sigterm_mid_epoch_then_relaunch_replays_the_run_exactly(digits, referen
     steps_per_epoch = 12 // workers
     assert 0 < meta["batch"] < steps_per_epoch, meta      # inside an epoch
     assert meta["global_step"] % 5 == 0                   # at the end of a log window
-    again = launch(workdir, digits, workers)
+    again = launch(workdir, digits, case)
     assert again.wait(timeout=600) == 0, output(workdir)[-3000:]
     assert f"resumed from {workdir}/checkpoints/step-{meta['global_step']:08d}" in \
         output(workdir)
-    assert_same_run(references[workers], workdir)
+    assert_same_run(references[case], workdir)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("case", ["1", "2"])
 def test_kill_9_after_a_checkpoint_then_relaunch_replays_the_run_exactly(digits, references,
-                                                                          tmp_path, workers):
+                                                                          tmp_path, case):
+    workers = CASES[case][0]
     workdir = tmp_path / "run"
     steps_per_epoch = 12 // workers
-    job = launch(workdir, digits, workers)
+    job = launch(workdir, digits, case)
     # past the first epoch's checkpoint, with steps logged after it
     wait_for(lambda: any(s > steps_per_epoch for s in logged_steps(workdir)),
              "a logged step after the first checkpoint")
@@ -147,9 +156,9 @@ def test_kill_9_after_a_checkpoint_then_relaunch_replays_the_run_exactly(digits,
     saved = newest_meta(workdir)["global_step"]
     assert saved % steps_per_epoch == 0 and saved < 3 * steps_per_epoch
     assert max(logged_steps(workdir)) > saved     # work lost with the kill, logged already
-    again = launch(workdir, digits, workers)
+    again = launch(workdir, digits, case)
     assert again.wait(timeout=600) == 0, output(workdir)[-3000:]
-    assert_same_run(references[workers], workdir)
+    assert_same_run(references[case], workdir)
 
 
 class CountingDist(SingleProcess):
@@ -178,8 +187,9 @@ class Timeline(Callback):
                             self.dist.calls["window"]))
 
 
-@pytest.mark.parametrize("log_every", [1, 4])
-def test_one_read_and_one_allreduce_per_log_window(digits, tmp_path, monkeypatch, log_every):
+@pytest.mark.parametrize("log_every,case", [(1, "1"), (4, "1"), (4, "1x2")])
+def test_one_read_and_one_allreduce_per_log_window(digits, tmp_path, monkeypatch, log_every,
+                                                   case):
     reads = [0]
     original = mx.nd.NDArray.asnumpy
 
@@ -191,7 +201,7 @@ def test_one_read_and_one_allreduce_per_log_window(digits, tmp_path, monkeypatch
     dist = CountingDist()
     timeline = Timeline(reads, dist)
     config = load_config(None, recipe(digits, "data.val=", "train.epochs=1",
-                                      f"train.log_every={log_every}"))
+                                      f"train.log_every={log_every}", *CASES[case][1]))
     fit(config, str(tmp_path), dist, callbacks=[timeline])
     # 12 steps; windows end every log_every steps and at the end of the epoch
     windows = sorted({s for s in range(1, 13) if s % log_every == 0} | {12})

@@ -1,8 +1,10 @@
 """``scripts/bench_data.py``: images/s of the input pipeline against the two references.
 
 Generates ImageNet-like JPEG shards (500x375, quality 90, cut from real photos), then measures,
-in one run and on the same cores: our training pipeline with and without AutoAugment and our
-eval pipeline at 1 and 2 workers; the authors' pipeline (Gluon DataLoader over
+in one run and on the same cores: our training pipeline with and without AutoAugment, with
+RandAugment (timm's rand-m9-n2-mstd0.5) and with RandAugment and random erasing (0.25), and
+our eval pipeline at 1 and 2 workers (CutMix and mixup run on the training device, not in the
+loader); the authors' pipeline (Gluon DataLoader over
 ImageRecordDataset with the equivalent transforms); and ``mx.io.ImageRecordIter`` for the recipe
 it supports (no AutoAugment), both as one iterator with N threads and as N one-thread
 iterators over 1/N of the data in parallel processes. Every pipeline ends in normalised float32
@@ -25,6 +27,8 @@ from ..data import (
     BatchLoader,
     EvalTransform,
     Normalization,
+    RandAugment,
+    RandomErasing,
     ShardSet,
     TrainTransform,
     eval_batches,
@@ -95,10 +99,20 @@ def bench_ours(prefix, mode, workers, batch, size, images):
     else:
         batches = np.concatenate([train_batches(len(shards), batch, seed=0, epoch=e)
                                   for e in range(passes + 1)])
-        transform = TrainTransform(size, autoaugment=(mode == "train+aa"))
+        transform = _train_transform(mode, size)
     loader = BatchLoader(shards, batches, transform, size, classes=10, workers=workers,
                          prefetch=4, normalization=Normalization(MEAN_RGB, STD_RGB))
     return _time_batches(loader, images)
+
+
+def _train_transform(mode, size):
+    """Our training transform for a benchmark row: ``train`` (crop, flip, jitter, lighting),
+    ``train+aa`` (and AutoAugment), ``train+ra`` (RandAugment instead), ``train+ra+re`` (and
+    random erasing)."""
+    randaugment = RandAugment(2, 9.0, 0.5) if mode.startswith("train+ra") else None
+    erasing = RandomErasing(0.25) if mode == "train+ra+re" else None
+    return TrainTransform(size, autoaugment=(mode == "train+aa"), randaugment=randaugment,
+                          erasing=erasing)
 
 
 class _AutoAugmentNd:
@@ -185,6 +199,10 @@ def run(images=960, batch=32, size=224, cores=None, folder=None, repeats=3):
         log.info("generating 400 ImageNet-like JPEGs (500x375, q90) in %s", folder)
         make_shards(folder)
     cases = []
+    for mode in ("train+ra", "train+ra+re"):   # only ours has them
+        for workers in sorted({1, cores}):
+            cases.append(("ours", mode, workers,
+                          lambda m=mode, w=workers: bench_ours(prefix, m, w, batch, size, images)))
     for mode in ("train+aa", "train", "eval"):
         for workers in sorted({1, cores}):
             cases.append(("ours", mode, workers,
@@ -219,11 +237,14 @@ def format_table(rows, cores):
     for p, m, _, r in rows:
         best[(p.split(" ")[0], m)] = max(best.get((p.split(" ")[0], m), 0), r)
     lines.append("")
-    for mode, ref in (("train+aa", "gluon"), ("train", "ImageRecordIter"),
-                      ("eval", "ImageRecordIter"), ("train", "gluon")):
-        if (ref, mode) in best and ("ours", mode) in best:
-            lines.append(f"- {mode}: ours / best {ref} = "
-                         f"{best[('ours', mode)] / best[(ref, mode)]:.2f}x")
+    for mode, ref, ref_mode in (("train+aa", "gluon", "train+aa"),
+                                ("train+ra", "gluon", "train+aa"),
+                                ("train+ra+re", "gluon", "train+aa"),
+                                ("train", "ImageRecordIter", "train"),
+                                ("eval", "ImageRecordIter", "eval"), ("train", "gluon", "train")):
+        if (ref, ref_mode) in best and ("ours", mode) in best:
+            lines.append(f"- ours {mode} / best {ref} {ref_mode} = "
+                         f"{best[('ours', mode)] / best[(ref, ref_mode)]:.2f}x")
     lines.append(f"\n({cores} cores; batch 32, output 224; median of the repeats; every "
                  f"pipeline ends in normalised float32 NCHW batches)")
     return "\n".join(lines)

@@ -1,13 +1,14 @@
-"""Batch-level label smoothing and mixup, producing soft targets.
+"""Batch-level label smoothing, mixup and CutMix, producing soft targets.
 
-This module owns :func:`soft_targets` and :func:`mixup`. They work on MXNet NDArrays on the
-training device, after the batch has been normalised: the mix is a cheap element-wise op there
-and never costs the input workers anything.
+This module owns :func:`soft_targets`, :func:`mixup` and :func:`cutmix`. They work on MXNet
+NDArrays on the training device, after the batch has been normalised (and per micro-batch when
+updates accumulate): the mix is a cheap element-wise op there and never costs the input
+workers anything, and one place draws which mix a batch gets.
 """
 import mxnet as mx
 import numpy as np
 
-__all__ = ["soft_targets", "mixup", "MixConfig", "targets_for_batch"]
+__all__ = ["soft_targets", "mixup", "cutmix", "cutmix_box", "MixConfig", "targets_for_batch"]
 
 
 def soft_targets(labels, classes: int, smoothing: float = 0.0):
@@ -48,8 +49,37 @@ def mixup(data, targets, lam: float):
     return data, targets
 
 
+def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator):
+    """``(top, bottom, left, right)`` of CutMix's pasted rectangle for mixing weight ``lam``:
+    sides ``sqrt(1 - lam)`` of the image's, centred uniformly, clipped to the image."""
+    cut = np.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * cut), int(width * cut)
+    cy, cx = int(rng.integers(height)), int(rng.integers(width))
+    top, bottom = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, height)
+    left, right = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, width)
+    return int(top), int(bottom), int(left), int(right)
+
+
+def cutmix(data, targets, lam: float, rng: np.random.Generator):
+    """Paste a rectangle of the batch reversed into each sample (Yun et al., 2019); the
+    targets mix by the rectangle's real area (after clipping), not by ``lam``.
+
+    Returns
+    -------
+    tuple
+        Mixed data, mixed soft targets, and the weight of the sample's own target.
+    """
+    top, bottom, left, right = cutmix_box(data.shape[2], data.shape[3], lam, rng)
+    own = 1.0 - (bottom - top) * (right - left) / float(data.shape[2] * data.shape[3])
+    mixed = data.copy()
+    if own < 1.0:
+        mixed[:, :, top:bottom, left:right] = mx.nd.flip(data, axis=0)[:, :, top:bottom,
+                                                                        left:right]
+    return mixed, own * targets + (1 - own) * mx.nd.flip(targets, axis=0), own
+
+
 class MixConfig:
-    """What the training loop mixes: label smoothing and mixup.
+    """What the training loop mixes: label smoothing, mixup and CutMix.
 
     Parameters
     ----------
@@ -57,26 +87,41 @@ class MixConfig:
         Number of classes.
     smoothing : float
         Label smoothing epsilon.
-    mixup_alpha : float
-        Beta(alpha, alpha) parameter of the mixing weight; 0 disables mixup.
+    mixup_alpha, cutmix_alpha : float
+        Beta(alpha, alpha) parameter of each mix's weight; 0 disables that mix.
+    switch_prob : float
+        With both on, the probability that a batch gets CutMix rather than mixup.
     """
 
-    def __init__(self, classes: int, smoothing: float = 0.0, mixup_alpha: float = 0.0):
-        if mixup_alpha < 0:
-            raise ValueError(f"mixup alpha must be >= 0, got {mixup_alpha}")
+    def __init__(self, classes: int, smoothing: float = 0.0, mixup_alpha: float = 0.0,
+                 cutmix_alpha: float = 0.0, switch_prob: float = 0.5):
+        if mixup_alpha < 0 or cutmix_alpha < 0 or not 0 <= switch_prob <= 1:
+            raise ValueError(f"mix alphas must be >= 0 and the switch probability in [0, 1], "
+                             f"got {mixup_alpha}, {cutmix_alpha}, {switch_prob}")
         self.classes = classes
         self.smoothing = smoothing
         self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self.switch_prob = switch_prob
 
     @property
     def sparse(self) -> bool:
-        """True when neither smoothing nor mixup is on: integer labels suffice."""
-        return self.smoothing == 0 and self.mixup_alpha == 0
+        """True when neither smoothing nor a mix is on: integer labels suffice."""
+        return self.smoothing == 0 and self.mixup_alpha == 0 and self.cutmix_alpha == 0
+
+    def choose(self, rng: np.random.Generator) -> str:
+        """``mixup``, ``cutmix`` or ``none`` for the next batch."""
+        if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
+            return "cutmix" if rng.random() < self.switch_prob else "mixup"
+        if self.cutmix_alpha > 0:
+            return "cutmix"
+        return "mixup" if self.mixup_alpha > 0 else "none"
 
 
 def targets_for_batch(data, labels, mix: MixConfig, rng: np.random.Generator,
                       use_mixup: bool = True):
-    """Apply the configured mix to a batch.
+    """Apply the configured mix to a batch (``use_mixup`` False: no mixup nor CutMix, as in
+    the last ``data.mixup_off_epochs`` epochs).
 
     Returns
     -------
@@ -84,11 +129,14 @@ def targets_for_batch(data, labels, mix: MixConfig, rng: np.random.Generator,
         ``(data, targets, sparse)``: targets are the integer labels when ``sparse`` is True,
         otherwise ``(N, classes)`` soft targets.
     """
-    mixing = use_mixup and mix.mixup_alpha > 0
-    if mix.smoothing == 0 and not mixing:
+    kind = mix.choose(rng) if use_mixup else "none"
+    if mix.smoothing == 0 and kind == "none":
         return data, labels, True
     targets = soft_targets(labels, mix.classes, mix.smoothing)
-    if mixing:
+    if kind == "mixup":
         lam = float(rng.beta(mix.mixup_alpha, mix.mixup_alpha))
         data, targets = mixup(data, targets, lam)
+    elif kind == "cutmix":
+        lam = float(rng.beta(mix.cutmix_alpha, mix.cutmix_alpha))
+        data, targets, _ = cutmix(data, targets, lam, rng)
     return data, targets, False

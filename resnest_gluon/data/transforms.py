@@ -25,7 +25,7 @@ from PIL import Image
 
 from .autoaugment import AutoAugment
 
-__all__ = ["decode", "random_resized_crop_box", "TrainTransform", "EvalTransform",
+__all__ = ["decode", "random_resized_crop_box", "TrainTransform", "EvalTransform", "RandomErasing",
            "color_jitter_matrix", "INTERPOLATIONS", "resample_filter", "to_rgb",
            "DECODE_ERRORS", "decode_error"]
 
@@ -194,13 +194,20 @@ class TrainTransform:
         large-crop path: crop, then bicubic resize).
     fast_decode : bool
         Allow reduced-scale JPEG decoding when the crop is large (see module docstring).
+    randaugment : RandAugment, optional
+        Instead of AutoAugment (not both).
+    erasing : RandomErasing, optional
+        Random erasing, last (after the colour jitter).
     """
 
     def __init__(self, size=224, autoaugment=True, jitter=0.4, lighting=0.1,
                  scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=None,
-                 fast_decode=True):
+                 fast_decode=True, randaugment=None, erasing=None):
+        if autoaugment and randaugment is not None:
+            raise ValueError("AutoAugment and RandAugment are alternatives: choose one")
         self.size = int(size)
-        self.autoaugment = AutoAugment() if autoaugment else None
+        self.autoaugment = AutoAugment() if autoaugment else randaugment
+        self.erasing = erasing
         self.jitter = float(jitter)
         self.lighting = float(lighting)
         self.scale, self.ratio = tuple(scale), tuple(ratio)
@@ -230,6 +237,57 @@ class TrainTransform:
             matrix = color_jitter_matrix(mean, rng, self.jitter, self.jitter, self.jitter,
                                          self.lighting)
             rgb = apply_affine(rgb, matrix)
+        if self.erasing is not None:
+            rgb = self.erasing(rgb, rng)
+        return rgb
+
+
+class RandomErasing:
+    """Random erasing (Zhong et al., 2020) with timm's defaults, on 8-bit RGB images.
+
+    With probability ``prob`` one rectangle of ``area`` (a fraction of the image, uniform in
+    ``area``) and aspect ratio log-uniform in ``ratio`` is filled: ``const`` with the mean
+    colour (what normalises to 0, timm's ``const`` mode), ``pixel`` with ``mean + std * N(0,
+    1)`` per pixel and channel (timm's ``pixel`` mode), rounded and clipped to 0-255 since the
+    image is still 8-bit here (at ImageNet's mean/std about 3% of the draws are clipped).
+    Ten tries find a rectangle that fits, else the image is left whole (as timm does).
+    """
+
+    def __init__(self, prob: float = 0.25, mode: str = "pixel", mean=(123.675, 116.28, 103.53),
+                 std=(58.395, 57.12, 57.375), area=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3)):
+        if not 0 <= prob <= 1 or mode not in ("pixel", "const"):
+            raise ValueError(f"random erasing needs prob in [0, 1] and mode pixel or const, got "
+                             f"{prob}, {mode!r}")
+        self.prob, self.mode = float(prob), mode
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+        self.area, self.log_ratio = area, (math.log(ratio[0]), math.log(ratio[1]))
+
+    def box(self, height: int, width: int, rng: random.Random):
+        """``(top, left, h, w)`` of the rectangle to erase, or None (not erased this time)."""
+        if rng.random() >= self.prob:
+            return None
+        for _ in range(10):
+            target = rng.uniform(*self.area) * height * width
+            aspect = math.exp(rng.uniform(*self.log_ratio))
+            h = int(round(math.sqrt(target * aspect)))
+            w = int(round(math.sqrt(target / aspect)))
+            if 0 < h < height and 0 < w < width:
+                return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+        return None
+
+    def __call__(self, rgb: np.ndarray, rng: random.Random) -> np.ndarray:
+        found = self.box(rgb.shape[0], rgb.shape[1], rng)
+        if found is None:
+            return rgb
+        top, left, h, w = found
+        if self.mode == "const":
+            fill = np.broadcast_to(self.mean, (h, w, 3))
+        else:
+            noise = np.random.default_rng(rng.getrandbits(64)).standard_normal((h, w, 3))
+            fill = self.mean + self.std * noise.astype(np.float32)
+        rgb = np.array(rgb, copy=True)
+        rgb[top:top + h, left:left + w] = np.clip(np.rint(fill), 0, 255).astype(np.uint8)
         return rgb
 
 

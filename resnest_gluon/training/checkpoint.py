@@ -40,7 +40,10 @@ __all__ = ["CheckpointManager", "atomic_save_parameters", "parameter_bytes", "sa
            "checkpoint_differences"]
 
 # The settings that decide a checkpoint's parameters: another value cannot resume it.
-_ARCHITECTURE_KEYS = (("model", "name"), ("model", "overrides"), ("data", "num_classes"))
+# Settings a checkpoint cannot be resumed across: the architecture, and the optimizer (its
+# state, and the optimizer object saved with it, are of another kind).
+_ARCHITECTURE_KEYS = (("model", "name"), ("model", "overrides"), ("data", "num_classes"),
+                      ("optim", "name"))
 
 log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
@@ -263,8 +266,9 @@ def checkpoint_differences(folder: str, meta: dict, net, now: dict,
     Returns
     -------
     list of str
-        One entry per differing architecture setting (``model.name``, ``model.overrides``,
-        ``data.num_classes``) and one for the parameters (missing, extra, misshapen).
+        One entry per differing setting (``model.name``, ``model.overrides``,
+        ``data.num_classes``, ``optim.name``) and one for the parameters (missing, extra,
+        misshapen).
     """
     then = meta.get("config")
     if then is None and config_file and os.path.isfile(config_file):

@@ -122,12 +122,15 @@ def _log_start(run):
     if not run.rank0:
         return
     tc, settings = run.config.train, run.eval_settings
-    log.info("%s on %d worker(s) (%s), %s, %s; %d train / %s val records; global batch %d, "
-             "peak LR %.4g, %d steps/epoch x %d epochs; eval %d px (crop %.3f)",
+    accumulated = (f" ({tc.batch_size} x {tc.accumulate} micro-batches x {run.dist.size})"
+                   if tc.accumulate > 1 else "")
+    log.info("%s on %d worker(s) (%s), %s, %s; %d train / %s val records; global batch %d%s, "
+             "%s, peak LR %.4g, %d steps/epoch x %d epochs; eval %d px (crop %.3f)",
              run.config.model.name, run.dist.size, run.dist.name, run.ctx, run.precision.name,
              len(run.train_shards), len(run.val_shards) if run.val_shards else "no",
-             run.global_batch, run.schedule.peak, run.steps_per_epoch, tc.epochs,
-             settings.size, settings.crop_ratio)
+             run.global_batch, accumulated, run.trainer.optimizer.__class__.__name__,
+             run.schedule.peak, run.steps_per_epoch, tc.epochs, settings.size,
+             settings.crop_ratio)
 
 
 def _window_ends(run, state) -> bool:
@@ -147,7 +150,7 @@ def train_one_epoch(run, state, hooks, stop: StopFlag, watchdog: Watchdog) -> st
     window_started, status = time.time(), "finished"
     hooks("on_epoch_start", run, state)
     for data, labels in loader:
-        loss, logits = train_step(run, state, run.device_batch(data), labels)
+        loss, logits = train_step(run, state, data, labels)
         meter.add(loss, logits, labels)
         state.advance()
         in_flight.append(loss)

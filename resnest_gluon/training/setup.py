@@ -19,6 +19,8 @@ from ..data import (
     BatchLoader,
     MixConfig,
     Normalization,
+    RandAugment,
+    RandomErasing,
     ShardSet,
     TrainTransform,
     batches_per_epoch,
@@ -33,6 +35,7 @@ from .devices import default_context
 from .ema import ParameterEMA
 from .errors import ResumeError, TrainingError
 from .evaluate import EvalNetwork, eval_loader, evaluate, structural_params
+from .optim import optimizer_arguments
 from .precision import Precision, make_precision
 from .schedule import Schedule, dropblock_prob_at, peak_lr
 from .state import RunState
@@ -100,8 +103,15 @@ class Run:
         return self.dist.rank == 0
 
     @property
+    def update_batch(self) -> int:
+        """Records per update on each worker: ``train.batch_size`` x ``train.accumulate``
+        (the loader's batch, run as ``accumulate`` micro-batches)."""
+        return self.config.train.batch_size * self.config.train.accumulate
+
+    @property
     def global_batch(self) -> int:
-        return self.config.train.batch_size * self.dist.size
+        """Records per update over all workers (what the LR scales with)."""
+        return self.update_batch * self.dist.size
 
     def lr(self, state: RunState, before: int = 0) -> float:
         """The learning rate at ``state``'s position (``before`` updates earlier)."""
@@ -117,12 +127,11 @@ class Run:
         """This rank's batches of ``state.epoch`` from ``state.batch_in_epoch`` on, from the
         run's one loader (its worker processes live as long as the run: :meth:`close`)."""
         tc, dc = self.config.train, self.config.data
-        batches = train_batches(len(self.train_shards), tc.batch_size, self.dist.rank,
+        batches = train_batches(len(self.train_shards), self.update_batch, self.dist.rank,
                                 self.dist.size, tc.seed, state.epoch, state.batch_in_epoch,
                                 dc.chunk, dc.window)
         if self._loader is None:
-            transform = TrainTransform(dc.input_size, dc.autoaugment, dc.jitter, dc.lighting,
-                                       scale=(dc.min_crop_area, 1.0))
+            transform = train_transform(dc, self.eval_settings)
             self._loader = BatchLoader(
                 self.train_shards, batches, transform, dc.input_size, classes=dc.num_classes,
                 workers=dc.workers, prefetch=dc.prefetch, seed=tc.seed, epoch=state.epoch,
@@ -181,7 +190,8 @@ class Run:
     def checkpoint_meta(self, state: RunState) -> dict:
         """What a checkpoint's meta.json holds besides the files' checksums."""
         return dict(state.to_meta(), steps_per_epoch=self.steps_per_epoch,
-                    world_size=self.dist.size, seed=self.config.train.seed,
+                    world_size=self.dist.size, accumulate=self.config.train.accumulate,
+                    seed=self.config.train.seed,
                     config_hash=cfg.config_hash(self.config), config=cfg.to_dict(self.config),
                     lr=self.lr(state), precision=self.precision.name,
                     precision_state=self.precision.state_dict())
@@ -196,6 +206,18 @@ def _check_labels(shards: ShardSet, key: str, classes: int):
                               f"data.num_classes, or check that {key} is the intended set")
 
 
+def train_transform(dc: cfg.DataConfig, settings: EvalSettings) -> TrainTransform:
+    """The per-image training augmentation of ``data`` (random erasing fills with the
+    model's normalisation mean/std)."""
+    randaugment = (RandAugment(dc.randaugment_n, dc.randaugment_m, dc.randaugment_mstd)
+                   if dc.randaugment_n > 0 else None)
+    erasing = (RandomErasing(dc.random_erasing, dc.erasing_mode, settings.mean, settings.std)
+               if dc.random_erasing > 0 else None)
+    return TrainTransform(dc.input_size, dc.autoaugment, dc.jitter, dc.lighting,
+                          scale=(dc.min_crop_area, 1.0), randaugment=randaugment,
+                          erasing=erasing)
+
+
 def _open_data(config: cfg.Config, dist):
     dc, tc = config.data, config.train
     train_shards = ShardSet(dc.train)
@@ -203,11 +225,13 @@ def _open_data(config: cfg.Config, dist):
     for shards, key in ((train_shards, "data.train"), (val_shards, "data.val")):
         if shards is not None:
             _check_labels(shards, key, dc.num_classes)
-    steps_per_epoch = batches_per_epoch(len(train_shards), tc.batch_size, dist.size)
+    update_batch = tc.batch_size * tc.accumulate
+    steps_per_epoch = batches_per_epoch(len(train_shards), update_batch, dist.size)
     if steps_per_epoch == 0:
+        accumulated = f" x train.accumulate={tc.accumulate}" if tc.accumulate > 1 else ""
         raise cfg.ConfigError(f"data.train has {len(train_shards)} records: not one batch of "
-                              f"train.batch_size={tc.batch_size} per worker for {dist.size} "
-                              f"worker(s)")
+                              f"train.batch_size={tc.batch_size}{accumulated} per worker for "
+                              f"{dist.size} worker(s)")
     return train_shards, val_shards, steps_per_epoch
 
 
@@ -220,6 +244,8 @@ def _schedule(config: cfg.Config, steps_per_epoch: int, global_batch: int) -> Sc
 
 def _training_network(config: cfg.Config, precision: Precision, ctx):
     net = build_network(config, device_type=ctx.device_type)
+    # the initial weights are a function of train.seed, not of what ran before in the process
+    mx.random.seed(int(np.random.SeedSequence([config.train.seed, 0x1217]).generate_state(1)[0]))
     net.initialize(mx.init.MSRAPrelu(), ctx=ctx)
     deferred = [name for name, p in net.collect_params().items()
                 if p._deferred_init]   # pylint: disable=protected-access
@@ -228,6 +254,10 @@ def _training_network(config: cfg.Config, precision: Precision, ctx):
         # them would run the training network in inference mode (see evaluate.py).
         raise TrainingError(f"parameters without a shape after initialisation: {deferred[:3]}")
     _prepare_fine_tuning(net, config)   # before hybridize: frozen BatchNorms change the graph
+    if config.train.accumulate > 1:      # gradients summed over the micro-batches of an update
+        for param in net.collect_params().values():
+            if param.grad_req == "write":
+                param.grad_req = "add"
     if config.train.hybridize:
         precision.hybridize(net)
     if config.optim.no_wd_on_bn_bias:
@@ -258,11 +288,11 @@ def setup_run(config: cfg.Config, workdir: str, dist) -> Run:
     precision.prepare()
     net = _training_network(config, precision, ctx)   # a model mistake: before reading data
     train_shards, val_shards, steps_per_epoch = _open_data(config, dist)
-    schedule = _schedule(config, steps_per_epoch, config.train.batch_size * dist.size)
-    oc = config.optim
-    trainer = dist.make_trainer(net.collect_params(), "nag" if oc.nesterov else "sgd",
-                                {"learning_rate": schedule(0), "momentum": oc.momentum,
-                                 "wd": oc.weight_decay},
+    tc = config.train
+    schedule = _schedule(config, steps_per_epoch, tc.batch_size * tc.accumulate * dist.size)
+    params = net.collect_params()
+    optimizer, arguments = optimizer_arguments(config.optim, params, schedule(0))
+    trainer = dist.make_trainer(params, optimizer, arguments,
                                 fp16_allreduce=config.dist.fp16_allreduce)
     precision.attach(trainer)
     spec = get_spec(config.model.name)
@@ -274,7 +304,8 @@ def setup_run(config: cfg.Config, workdir: str, dist) -> Run:
                schedule=schedule, steps_per_epoch=steps_per_epoch, train_shards=train_shards,
                val_shards=val_shards, eval_settings=eval_settings(config),
                mix=MixConfig(config.data.num_classes, config.data.label_smoothing,
-                             config.data.mixup_alpha),
+                             config.data.mixup_alpha, config.data.cutmix_alpha,
+                             config.data.mix_switch_prob),
                checkpoints=CheckpointManager(workdir, config.train.keep_checkpoints,
                                              is_writer=dist.rank == 0),
                final_dropblock=(spec.dropblock_prob if config.model.dropblock_prob is None
@@ -333,7 +364,8 @@ def restore_state(run: Run) -> RunState:
                         "statistics restart%s", ", and its weights are the averaged ones"
                         if run.ema is not None else "")
         run.precision.load_state_dict(meta.get("precision_state", {}))
-        state = RunState.from_meta(meta, run.steps_per_epoch, run.dist.size)
+        state = RunState.from_meta(meta, run.steps_per_epoch, run.dist.size,
+                                   run.config.train.accumulate)
     # Broadcast before any forward pass: a forward leaves arrays in oneDNN layouts, which
     # Horovod cannot read.
     run.dist.broadcast_parameters(run.net.collect_params())

@@ -94,7 +94,8 @@ class RunState:
                 "best_step": self.best_step, "epoch_sums": dataclasses.asdict(self.epoch_sums)}
 
     @classmethod
-    def from_meta(cls, meta: dict, steps_per_epoch: int, world_size: int) -> "RunState":
+    def from_meta(cls, meta: dict, steps_per_epoch: int, world_size: int,
+                  accumulate: int = 1) -> "RunState":
         """The state saved in ``meta``, continued with ``steps_per_epoch`` steps per epoch.
 
         With the same number of steps per epoch the position is exact. With another one (the
@@ -110,9 +111,10 @@ class RunState:
         saved = meta["steps_per_epoch"]
         if saved != steps_per_epoch:
             state.batch_in_epoch = int(state.batch_in_epoch * steps_per_epoch / saved)
-            log.warning("steps per epoch changed %d -> %d (world size %s -> %d): data "
-                        "re-partitioned, continuing at batch %d of epoch %d; from here the run "
-                        "is not a replay of the original one", saved, steps_per_epoch,
-                        meta.get("world_size", "?"), world_size, state.batch_in_epoch,
+            log.warning("steps per epoch changed %d -> %d (world size %s -> %d, accumulated "
+                        "micro-batches %s -> %s): data re-partitioned, continuing at batch %d "
+                        "of epoch %d; from here the run is not a replay of the original one",
+                        saved, steps_per_epoch, meta.get("world_size", "?"), world_size,
+                        meta.get("accumulate", 1), accumulate, state.batch_in_epoch,
                         state.epoch)
         return state

@@ -11,6 +11,7 @@ from mxnet import autograd, gluon
 
 from ..data import targets_for_batch
 from .evaluate import topk_hits
+from .optim import clip_global_norm
 
 __all__ = ["train_step", "step_seed", "WindowMeter", "RunningStatistics"]
 
@@ -18,39 +19,75 @@ _SPARSE_LOSS = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=True)
 _SOFT_LOSS = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """The seed of MXNet's generators for update ``step`` on ``rank`` (DropBlock, dropout)."""
-    return int(np.random.SeedSequence([seed, step, rank, 0xD80]).generate_state(1)[0])
+def step_seed(seed: int, step: int, rank: int, part: int = 0) -> int:
+    """The seed of MXNet's generators for micro-batch ``part`` of update ``step`` on ``rank``
+    (DropBlock, dropout)."""
+    key = [seed, step, rank, 0xD80] + ([part] if part else [])
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 def train_step(run, state, data, labels):
     """Run the next update of ``run`` (at ``state``) on one batch; returns ``(loss, logits)``.
 
-    The learning rate is the schedule's at the state's position. Every random draw is a
-    function of (seed, step, rank): MXNet's generators are reseeded before the forward pass,
-    and the mixup weight comes from a generator keyed by (seed, step). A resumed run therefore
-    repeats the uninterrupted one.
+    The batch (as the loader gives it: uint8 batches are normalised on the device one
+    micro-batch at a time) holds ``train.accumulate`` micro-batches of ``train.batch_size``:
+    each is run forward and backward in turn, their gradients summed, then one allreduce and
+    one update (optionally after clipping the global gradient norm) follow. The learning rate is the
+    schedule's at the state's position. Every random draw is a function of (seed, step,
+    micro-batch, rank): MXNet's generators are reseeded before each forward pass, and the
+    mixup weight comes from a generator keyed by (seed, step, micro-batch). A resumed run
+    therefore repeats the uninterrupted one.
 
     Returns
     -------
     tuple of NDArray
-        Per-image losses ``(N,)`` and logits ``(N, classes)``, still on the device.
+        Per-image losses ``(N,)`` and logits ``(N, classes)`` of the whole batch, still on
+        the device.
     """
-    seed, step = run.config.train.seed, state.global_step
     run.trainer.set_learning_rate(run.lr(state))
-    mx.random.seed(step_seed(seed, step, run.dist.rank), ctx=run.ctx)
-    rng = np.random.default_rng([seed, step])
-    inputs, targets, sparse = targets_for_batch(data, labels, run.mix, rng,
+    micro = run.config.train.batch_size
+    outputs = [_forward_backward(run, state, part, data[start:start + micro],
+                                 labels[start:start + micro])
+               for part, start in enumerate(range(0, data.shape[0], micro))]
+    _update(run, data.shape[0])
+    if run.ema is not None:
+        run.ema.update()
+    if len(outputs) == 1:
+        return outputs[0]
+    return (mx.nd.concat(*[loss for loss, _ in outputs], dim=0),
+            mx.nd.concat(*[logits for _, logits in outputs], dim=0))
+
+
+def _forward_backward(run, state, part, data, labels):
+    """One micro-batch's forward and backward pass; its gradients are added to the others'."""
+    seed, step = run.config.train.seed, state.global_step
+    mx.random.seed(step_seed(seed, step, run.dist.rank, part), ctx=run.ctx)
+    rng = np.random.default_rng([seed, step] + ([part] if part else []))
+    inputs, targets, sparse = targets_for_batch(run.device_batch(data), labels, run.mix, rng,
                                                 run.mixup_on(state.epoch))
     with autograd.record():
         logits = run.net(inputs)
         loss = (_SPARSE_LOSS if sparse else _SOFT_LOSS)(logits, targets)
         scaled = run.precision.scale(loss)
     scaled.backward()
-    run.trainer.step(data.shape[0])
-    if run.ema is not None:
-        run.ema.update()
     return loss, logits
+
+
+def _update(run, batch: int):
+    """Allreduce the summed gradients once, clip them if configured, update, and clear
+    gradients that accumulate (``grad_req='add'``) for the next update."""
+    trainer, clip = run.trainer, run.config.optim.clip_grad_norm
+    if clip > 0:
+        trainer.allreduce_grads()
+        clip_global_norm(trainer._params, clip,   # pylint: disable=protected-access
+                         trainer._scale / batch)  # pylint: disable=protected-access
+        trainer.update(batch)
+    else:
+        trainer.step(batch)
+    if run.config.train.accumulate > 1:
+        for param in trainer._params:   # pylint: disable=protected-access
+            if param.grad_req == "add":
+                param.zero_grad()
 
 
 class WindowMeter:
