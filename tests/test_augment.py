@@ -104,6 +104,7 @@ def test_random_erasing_fills_as_normalisation_expects(mode):
     erasing = RandomErasing(prob=1.0, mode=mode, mean=mean, std=std, area=(0.3, 0.3),
                             ratio=(1.0, 1.0))
     image = np.zeros((100, 100, 3), np.uint8)
+    image.setflags(write=False)                    # as a decoded image's buffer is
     out = erasing(image, random.Random(0))
     region = out[out.any(axis=2)]                  # the erased pixels (none are black)
     assert abs(len(region) - 3000) < 300
@@ -112,7 +113,7 @@ def test_random_erasing_fills_as_normalisation_expects(mode):
     else:
         normalised = (region - np.asarray(mean)) / np.asarray(std)
         assert abs(normalised.mean()) < 0.1 and abs(normalised.std() - 1) < 0.1
-    assert (image == 0).all()                      # the input is not changed
+    assert (image == 0).all()                      # a read-only input is copied, not changed
 
 
 def test_augmentation_keys_are_checked():
