@@ -28,6 +28,7 @@ import traceback
 from multiprocessing import shared_memory
 from typing import Callable, Optional, Sequence
 
+import cv2
 import mxnet as mx
 import numpy as np
 
@@ -135,6 +136,7 @@ def _worker_main(*args):
     # workers ignore the signals a scheduler sends to the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    cv2.setNumThreads(1)
     _worker_loop(*args)
 
 
