@@ -99,10 +99,13 @@ def test_under_horovodrun_every_rank_stops_when_rank_0_cannot_write(digits, smal
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     output = done.stdout + done.stderr
     ranks = [line for line in output.splitlines() if line.startswith("[")]   # [rank]<stderr>:
-    assert done.returncode != 0 and ranks, output[-3000:]
-    assert not [line for line in ranks if "Traceback" in line], output[-3000:]
+    # on failure: rank 1's own lines first (a rank that dies early is buried otherwise)
+    shown = "\n".join(line for line in ranks if line.startswith("[1]"))[-3000:] + \
+        "\n...\n" + output[-3000:]
+    assert done.returncode != 0 and ranks, shown
+    assert not [line for line in ranks if "Traceback" in line], shown
     lines = [line for line in ranks if "ERROR train:" in line]
-    assert len(lines) == 2, output[-3000:]
+    assert len(lines) == 2, shown
     assert any(f"no space left on device in {workdir}" in line and "needs ~" in line
                for line in lines)
     assert any("rank 0 could not write" in line for line in lines)
