@@ -104,9 +104,8 @@ class Run:
 
     @property
     def update_batch(self) -> int:
-        """Records per update on each worker: ``train.batch_size`` x ``train.accumulate``
-        (the loader's batch, run as ``accumulate`` micro-batches)."""
-        return self.config.train.batch_size * self.config.train.accumulate
+        """Records per update on each worker (see :func:`update_batch`)."""
+        return update_batch(self.config)
 
     @property
     def global_batch(self) -> int:
@@ -206,6 +205,12 @@ def _check_labels(shards: ShardSet, key: str, classes: int):
                               f"data.num_classes, or check that {key} is the intended set")
 
 
+def update_batch(config: cfg.Config) -> int:
+    """Records per update on each worker: ``train.batch_size`` x ``train.accumulate`` (the
+    loader's batch, run as ``accumulate`` micro-batches)."""
+    return config.train.batch_size * config.train.accumulate
+
+
 def train_transform(dc: cfg.DataConfig, settings: EvalSettings) -> TrainTransform:
     """The per-image training augmentation of ``data`` (random erasing fills with the
     model's normalisation mean/std)."""
@@ -225,8 +230,7 @@ def _open_data(config: cfg.Config, dist):
     for shards, key in ((train_shards, "data.train"), (val_shards, "data.val")):
         if shards is not None:
             _check_labels(shards, key, dc.num_classes)
-    update_batch = tc.batch_size * tc.accumulate
-    steps_per_epoch = batches_per_epoch(len(train_shards), update_batch, dist.size)
+    steps_per_epoch = batches_per_epoch(len(train_shards), update_batch(config), dist.size)
     if steps_per_epoch == 0:
         accumulated = f" x train.accumulate={tc.accumulate}" if tc.accumulate > 1 else ""
         raise cfg.ConfigError(f"data.train has {len(train_shards)} records: not one batch of "
@@ -288,8 +292,7 @@ def setup_run(config: cfg.Config, workdir: str, dist) -> Run:
     precision.prepare()
     net = _training_network(config, precision, ctx)   # a model mistake: before reading data
     train_shards, val_shards, steps_per_epoch = _open_data(config, dist)
-    tc = config.train
-    schedule = _schedule(config, steps_per_epoch, tc.batch_size * tc.accumulate * dist.size)
+    schedule = _schedule(config, steps_per_epoch, update_batch(config) * dist.size)
     params = net.collect_params()
     optimizer, arguments = optimizer_arguments(config.optim, params, schedule(0))
     trainer = dist.make_trainer(params, optimizer, arguments,
