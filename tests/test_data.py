@@ -32,6 +32,8 @@ from resnest_gluon.data.transforms import (
     apply_affine,
     color_jitter_matrix,
     random_resized_crop_box,
+    resample_filter,
+    resize_crop,
 )
 from resnest_gluon.models import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
@@ -130,7 +132,25 @@ def test_train_transform_shape_dtype_and_seeded(size):
     assert a.shape == (size, size, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, transform(data, random.Random(1)))
     assert not np.array_equal(a, transform(data, random.Random(2)))
-    assert transform.resample == (Image.BICUBIC if size >= 320 else Image.BILINEAR)
+    assert transform.interpolation == ("bicubic" if size >= 320 else "bilinear")
+
+
+@pytest.mark.parametrize("box, interpolation", [
+    ((10.3, 20.6, 210.2, 170.4), "bilinear"),    # 200 x 150 -> 128: within 2x, interpolated
+    ((0, 0, 500, 375), "bilinear"),              # 500 x 375 -> 128: beyond 2x, area averaged
+    ((40, 30, 100, 90), "bicubic"),              # 60 x 60 -> 128: enlarged
+])
+def test_resize_crop_matches_pillows_antialiased_resize(box, interpolation):
+    """The OpenCV crop-and-resize of the training path stays close to Pillow's exact,
+    anti-aliased ``resize(box=...)`` on a real photo (mean error under 1.2 of 255 levels;
+    a box 4 pixels off gives 2.2 or more)."""
+    from sklearn.datasets import load_sample_images
+    photo = Image.fromarray(load_sample_images().images[1]).resize((500, 375), Image.BICUBIC)
+    ours = resize_crop(np.asarray(photo), box, 128, interpolation).astype(np.float64)
+    pillow = np.asarray(photo.resize((128, 128), resample_filter(interpolation), box=box),
+                        np.float64)
+    assert ours.shape == (128, 128, 3)
+    assert np.abs(ours - pillow).mean() < 1.2
 
 
 def test_eval_transform_is_resize_then_centre_crop():
@@ -340,3 +360,16 @@ def test_a_persistent_loader_serves_epochs_with_the_same_workers(tmp_path):
             assert pids is None or now == pids
             pids = now
     assert loader._pool is None
+
+
+@pytest.mark.timeout(120)
+def test_workers_start_after_opencv_ran_threaded_in_the_parent(tmp_path):
+    """OpenCV's thread pool, once running in the main process, is inherited by forked workers
+    without its threads; the loader must not leave a worker waiting on it forever."""
+    import cv2
+    cv2.setNumThreads(2)
+    cv2.resize(np.zeros((2000, 2000, 3), np.uint8), (999, 999))   # starts the pool's threads
+    shards = _shard_with(tmp_path, [(n % 3, _jpeg_bytes()) for n in range(8)])
+    loader = BatchLoader(shards, [np.arange(4), np.arange(4, 8)], TrainTransform(64), 64,
+                         classes=3, workers=2, normalization=IMAGENET)
+    assert [x.shape[0] for x, _ in loader] == [4, 4]

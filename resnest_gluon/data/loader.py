@@ -136,7 +136,6 @@ def _worker_main(*args):
     # workers ignore the signals a scheduler sends to the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    cv2.setNumThreads(1)
     _worker_loop(*args)
 
 
@@ -343,6 +342,10 @@ class _WorkerPool:
         self.slots = max(1, loader.workers * loader.prefetch)
         self.shm = shared_memory.SharedMemory(create=True, size=self.slots * layout.slot_bytes)
         context = mp.get_context("fork")
+        # N workers on N cores: OpenCV's own threads would oversubscribe them. Set here, before
+        # the fork: a forked child inherits the parent's thread pool without its threads, and
+        # resizing that pool there (or running a parallel operation on it) waits forever.
+        cv2.setNumThreads(1)
         count = loader.workers
         self.tasks = [context.Queue() for _ in range(count)]
         self.results = [context.Queue() for _ in range(count)]
@@ -386,7 +389,8 @@ class _WorkerPool:
             task_queue.put(None)
         for proc in self.procs:
             proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
+            if proc.is_alive():   # stuck: workers ignore SIGTERM, so kill
+                proc.kill()
+                proc.join(timeout=5)
         self.shm.close()
         self.shm.unlink()
