@@ -25,7 +25,7 @@ include Makefile.env
 GPU_BUILD  := $(findstring -cu,$(MXNET_PKG))
 GPU_CHECK  := $(PYTHON) scripts/check_gpu_build.py --horovod-env --mxnet-pkg $(MXNET_PKG)
 
-.PHONY: all env demo test lint bench clean-env help
+.PHONY: all env demo test test-multihost multihost-deps venv-path lint bench clean-env help
 all: help
 
 help:
@@ -33,6 +33,7 @@ help:
 	@echo "make test   - set up the environment, lint, and run the tests"
 	@echo "make lint   - only the linter (ruff, settings in ruff.toml)"
 	@echo "make env    - only set up the environment ($(VENV))"
+	@echo "make test-multihost - two hosts on this machine (network namespaces + sshd; root)"
 
 $(DEPS_STAMP):
 ifneq ($(GPU_BUILD),)
@@ -75,6 +76,22 @@ lint: env
 
 test: env lint
 	PATH=$(VENV)/bin:$$PATH $(VPY) -m pytest $(PYTEST_ARGS)
+
+# Two hosts made of network namespaces with sshd (tests/multihost/twohosts.py); needs root.
+# tests/conftest.py leaves tests/multihost out of `make test` unless RESNEST_MULTIHOST=1.
+test-multihost: env multihost-deps
+	RESNEST_MULTIHOST=1 PATH=$(VENV)/bin:$$PATH $(VPY) -m pytest tests/multihost $(PYTEST_ARGS)
+
+multihost-deps:
+	@if ! command -v /usr/sbin/sshd >/dev/null || ! command -v tc >/dev/null \
+	    || ! command -v ssh >/dev/null; then \
+	  echo ">>> installing openssh-server, openssh-client and iproute2 (Debian packages)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    openssh-server openssh-client iproute2 >/dev/null; \
+	fi
+
+venv-path:
+	@echo $(VENV)
 
 clean-env:
 	rm -rf $(VENV)

@@ -42,6 +42,8 @@ setup(
             "resnest-bench-data=resnest_gluon.commands.bench_data:main",
             "resnest-ablation=resnest_gluon.commands.ablation:main",
             "resnest-scaling=resnest_gluon.commands.scaling:main",
+            "resnest-launch=resnest_gluon.commands.launch:main",
+            "resnest-bench-allreduce=resnest_gluon.commands.bench_allreduce:main",
             "recordio-tools=recordio_tools.__main__:main",
             "recordio-pack=recordio_tools.pack:main",
             "recordio-check=recordio_tools.check:main",

@@ -1,7 +1,12 @@
 """Shared fixtures: seeded RNGs, real photos and handwritten digits from scikit-learn."""
+import os
+
 import mxnet as mx
 import numpy as np
 import pytest
+
+# The two-host tests build network namespaces as root: `make test-multihost` runs them.
+collect_ignore = [] if os.environ.get("RESNEST_MULTIHOST") == "1" else ["multihost"]
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import textwrap
 import time
 
 from resnest_gluon.training.checkpoint import CheckpointManager
@@ -46,3 +47,42 @@ def wait_for(condition, what, timeout=240):
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+RANK_DUMPER = textwrap.dedent("""
+    import socket
+    import sys
+    import numpy as np
+    from resnest_gluon.config import load_config
+    from resnest_gluon.training import Callback, fit
+
+    class SaveEachRank(Callback):
+        def on_end(self, run, state, model):
+            np.savez(sys.argv[1] + "/rank%d.npz" % run.dist.rank, host=socket.gethostname(),
+                     **{k: v.data().asnumpy()
+                        for k, v in run.net._collect_params_with_prefix().items()})
+
+    fit(load_config(None, sys.argv[2:]), sys.argv[1], callbacks=[SaveEachRank()])
+""")
+
+
+def write_rank_dumper(folder):
+    """A script ``dump.py WORKDIR OVERRIDES`` that trains like ``train.py`` and saves each
+    rank's parameters (and host name) as ``WORKDIR/rank<N>.npz``; returns its path."""
+    path = os.path.join(str(folder), "dump.py")
+    with open(path, "w") as out:
+        out.write(RANK_DUMPER)
+    return path
+
+
+def assert_ranks_identical(workdir, ranks=2):
+    """Every rank's saved parameters equal rank 0's; returns the ranks' host names."""
+    import numpy as np
+    saved = [np.load(os.path.join(str(workdir), f"rank{r}.npz")) for r in range(ranks)]
+    names = set(saved[0].files) - {"host"}
+    assert len(names) > 100
+    for other in saved[1:]:
+        assert set(other.files) - {"host"} == names
+        for name in names:
+            np.testing.assert_array_equal(saved[0][name], other[name], err_msg=name)
+    return [str(s["host"]) for s in saved]

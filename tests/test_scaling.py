@@ -155,3 +155,19 @@ def test_scaling_script_help():
     out = subprocess.run([sys.executable, "scripts/scaling.py", "--help"], check=True,
                          capture_output=True, text=True).stdout
     assert "--fusion-mb" in out and "--img-per-s" in out and "--bandwidth-gbit" in out
+
+
+def test_wire_efficiency_compression_and_the_host_floor():
+    """Two hosts at 1 Gbit/s, 110 MB: the wire carries 0.956 of the bits, the float16 cast
+    comes before and after the ring, and the ring takes at least the hosts' own floor."""
+    base = allreduce_seconds(110e6, 2, 1e9, 0.0, 64 * 2**20, 161)
+    assert base == pytest.approx(8 * 110e6 / 1e9)
+    wire = allreduce_seconds(110e6, 2, 1e9, 0.0, 64 * 2**20, 161, wire_efficiency=0.956)
+    assert wire == pytest.approx(base / 0.956)
+    cast = allreduce_seconds(110e6, 2, 1e9, 0.0, 64 * 2**20, 161, compress_s=0.1)
+    assert cast == pytest.approx(base + 0.1)
+    floor = allreduce_seconds(110e6, 2, 5e9, 0.0, 64 * 2**20, 161, cycle_s=0.005,
+                              host_floor_s=0.2)
+    assert floor == pytest.approx(0.0025 + 0.2)                   # 0.176 s on the wire < 0.2
+    assert allreduce_seconds(110e6, 2, 1e9, 0.0, 64 * 2**20, 161, host_floor_s=0.2) == \
+        pytest.approx(base)                                       # the wire is slower

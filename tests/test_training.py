@@ -12,7 +12,15 @@ import time
 
 import numpy as np
 import pytest
-from runs import HOROVODRUN, ROOT, newest_meta, tiny, train_cli
+from runs import (
+    HOROVODRUN,
+    ROOT,
+    assert_ranks_identical,
+    newest_meta,
+    tiny,
+    train_cli,
+    write_rank_dumper,
+)
 
 from resnest_gluon.config import load_config
 from resnest_gluon.training import fit
@@ -56,31 +64,12 @@ def test_horovod_two_workers_identical_params_and_exact_eval(digits, tmp_path):
     # global batch 32: 96 // 32 = 3 steps per epoch on each rank
     assert [r["step"] for r in epochs] == [3, 6]
     assert all(r["val_images"] == 37 for r in epochs)      # 18 + 19, each image once
-    dumper = tmp_path / "dump.py"
-    dumper.write_text(textwrap.dedent("""
-        import sys
-        import numpy as np
-        from resnest_gluon.config import load_config
-        from resnest_gluon.training import Callback, fit
-
-        class SaveEachRank(Callback):
-            def on_end(self, run, state, model):
-                np.savez(sys.argv[1] + "/rank%d.npz" % run.dist.rank,
-                         **{k: v.data().asnumpy()
-                            for k, v in run.net._collect_params_with_prefix().items()})
-
-        fit(load_config(None, sys.argv[2:]), sys.argv[1], callbacks=[SaveEachRank()])
-    """))
+    dumper = write_rank_dumper(tmp_path)
     result = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", sys.executable,
-                             str(dumper), str(tmp_path / "run2"), *tiny(digits,
-                                                                        "train.epochs=1")],
+                             dumper, str(tmp_path / "run2"), *tiny(digits, "train.epochs=1")],
                             capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rank0 = np.load(tmp_path / "run2" / "rank0.npz")
-    rank1 = np.load(tmp_path / "run2" / "rank1.npz")
-    assert set(rank0.files) == set(rank1.files) and len(rank0.files) > 100
-    for name in rank0.files:
-        np.testing.assert_array_equal(rank0[name], rank1[name], err_msg=name)
+    assert_ranks_identical(tmp_path / "run2")
 
 
 def test_corrupt_newest_checkpoint_falls_back(digits, tmp_path, caplog):

@@ -164,17 +164,26 @@ def compute_seconds(batch_per_gpu: int, img_per_s: float) -> float:
 
 def allreduce_seconds(nbytes: float, workers: int, bandwidth_bits: float, latency_s: float,
                       fusion_threshold_bytes: float, tensors: int,
-                      cycle_s: float = 0.0) -> float:
-    """Horovod's time to allreduce one gradient: half a cycle of waiting plus the ring.
+                      cycle_s: float = 0.0, wire_efficiency: float = 1.0,
+                      compress_s: float = 0.0, host_floor_s: float = 0.0) -> float:
+    """Horovod's time to allreduce one gradient: half a cycle of waiting, the compression
+    and the ring, which takes the longer of its time on the wire and ``host_floor_s``.
 
     Horovod's background loop looks for ready tensors once per ``HOROVOD_CYCLE_TIME``; a tensor
-    waits half a cycle on average before its allreduce starts.
+    waits half a cycle on average before its allreduce starts. ``wire_efficiency`` is the
+    share of the link's bit rate that carries data (TCP over 1500-byte frames: 1448 of 1514
+    bytes, 0.956). ``compress_s`` is the time to cast the gradient to float16 and back, before
+    and after the ring (negligible on GPUs). ``host_floor_s`` is the ring's time when the link
+    is not what limits it (the hosts' summing and copying, pipelined with the transfer): 0 for
+    NCCL on GPUs, which sum at device speed; on CPUs, the same allreduce measured on an
+    unlimited link (docs/scaling.md, section 4).
     """
     if workers == 1:
         return 0.0
     buffers = fused_buffers(nbytes, fusion_threshold_bytes, tensors)
-    return cycle_s / 2 + ring_allreduce_seconds(nbytes, workers, bandwidth_bits, latency_s,
-                                                buffers)
+    ring = ring_allreduce_seconds(nbytes, workers, bandwidth_bits * wire_efficiency, latency_s,
+                                  buffers)
+    return cycle_s / 2 + compress_s + max(ring, host_floor_s)
 
 
 def exposed_seconds(comm_s: float, compute_s: float, overlap: float = 0.0,
