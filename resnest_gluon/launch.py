@@ -237,8 +237,9 @@ def check_hosts(hosts: Sequence[str], iface: Optional[str] = None,
             os.unlink(token_path)
     problems = [problem for problem in problems if problem]
     if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise LaunchError(problems[0] + more)
+        more = len(problems) - 1
+        raise LaunchError(problems[0] + (f" [{more} more host{'s' if more > 1 else ''} "
+                                         f"failed the check too]" if more else ""))
 
 
 def failed_rank(output: str) -> Optional[Tuple[int, int]]:

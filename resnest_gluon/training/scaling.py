@@ -176,7 +176,7 @@ def allreduce_seconds(nbytes: float, workers: int, bandwidth_bits: float, latenc
     and after the ring (negligible on GPUs). ``host_floor_s`` is the ring's time when the link
     is not what limits it (the hosts' summing and copying, pipelined with the transfer): 0 for
     NCCL on GPUs, which sum at device speed; on CPUs, the same allreduce measured on an
-    unlimited link (docs/scaling.md, section 4).
+    unlimited link (docs/scaling.md, section 7).
     """
     if workers == 1:
         return 0.0

@@ -1,4 +1,4 @@
-"""The measured-versus-modelled allreduce table of docs/scaling.md, section 4 (root).
+"""The measured-versus-modelled allreduce table of docs/scaling.md, section 7 (root).
 
 Sets up the two hosts (:mod:`twohosts`), measures ResNeSt-50's gradient allreduce between
 them with ``resnest-bench-allreduce`` under ``horovodrun``, first on the unlimited link (the

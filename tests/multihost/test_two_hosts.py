@@ -149,7 +149,8 @@ def test_a_work_directory_the_hosts_do_not_share_is_refused(hosts):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert (f"host {HOSTS[0]} does not see the work directory {hosts.private}/run" in lines[0]
-            and "shared filesystem" in lines[0] and "(and 1 more)" in lines[0]), lines
+            and "shared filesystem" in lines[0]
+            and "[1 more host failed the check too]" in lines[0]), lines
     result = subprocess.run(command + [os.path.join(hosts.state, "shared-run")],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0 and "2 hosts ready" in result.stderr, result.stderr
