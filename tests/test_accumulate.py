@@ -2,8 +2,9 @@
 and global gradient-norm clipping.
 
 * With BatchNorm on its running statistics (so a sample's gradient does not depend on the
-  others in its batch), updates from two micro-batches of 8 equal updates from batches of
-  16; the schedule, the steps per epoch and the logs are those of the batch of 16.
+  others in its batch), an update from two micro-batches of 8 equals one from a batch of 16
+  within float32 rounding, and 12 of them stay far closer than with batch statistics; the
+  schedule, the steps per epoch and the logs are those of the batch of 16.
 * NAG, SGD, LARS and LAMB take one step as the formulas say, from hand computations.
 * Clipping scales the gradient to the norm asked for, as the optimizer sees it.
 """
@@ -46,17 +47,41 @@ def runs(digits, tmp_path_factory):
     return out
 
 
-def test_accumulated_micro_batches_update_as_one_large_batch(runs):
+def test_one_update_from_micro_batches_equals_one_from_the_large_batch(digits, tmp_path):
+    """The first update at the peak LR (no warm-up), from 2 x 8 accumulated and from 16."""
+    params = {}
+    for name, extra in (("batch16", ("train.batch_size=16",)),
+                        ("micro8x2", ("train.batch_size=8", "train.accumulate=2"))):
+        workdir = tmp_path / name
+        fit(load_config(None, tiny(digits, "train.epochs=2", "data.mixup_alpha=0",
+                                   "train.max_steps=1", "optim.warmup_epochs=0", GLOBAL_STATS,
+                                   *extra)), str(workdir))
+        params[name] = mx.nd.load(str(workdir / "checkpoints" / "step-00000001" /
+                                      "model.params"))
+    assert sorted(params["batch16"]) == sorted(params["micro8x2"])
+    for name, large in params["batch16"].items():
+        np.testing.assert_allclose(params["micro8x2"][name].asnumpy(), large.asnumpy(),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _largest_relative_difference(a, b):
+    """The largest difference of two sets of trained parameters (running statistics left
+    out), each tensor's relative to its scale."""
+    return max(float(np.abs(a[n].asnumpy() - b[n].asnumpy()).max()
+                     / (np.abs(b[n].asnumpy()).max() + 1e-12)) for n in b if "running" not in n)
+
+
+def test_accumulated_micro_batches_train_as_one_large_batch(runs):
+    """After 12 updates rounding has grown through the training, but stays far below what
+    normalising each micro-batch on its own does (the control, with batch statistics)."""
     _, large, _ = runs["batch16"]
     _, accumulated, _ = runs["micro8x2"]
-    assert sorted(large) == sorted(accumulated)
-    for name in large:   # 12 updates of NAG: equal within float32 rounding
-        np.testing.assert_allclose(accumulated[name].asnumpy(), large[name].asnumpy(),
-                                   rtol=2e-4, atol=2e-5, err_msg=name)
-    # the control: with batch statistics a micro-batch of 8 is normalised on its own
     _, batch_bn, _ = runs["micro8x2_batch_bn"]
-    assert not np.allclose(batch_bn["fc.weight"].asnumpy(), large["fc.weight"].asnumpy(),
-                           rtol=2e-4, atol=2e-5)
+    assert sorted(large) == sorted(accumulated)
+    same = _largest_relative_difference(accumulated, large)
+    control = _largest_relative_difference(batch_bn, large)
+    print(f"largest relative difference {same:.2e}, control {control:.2e}")
+    assert same < 0.05 and control > 20 * same
 
 
 def test_an_accumulated_run_has_the_schedule_of_its_global_batch(runs):

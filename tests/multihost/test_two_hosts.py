@@ -172,3 +172,21 @@ def test_the_allreduce_benchmark_sees_the_shaped_link(hosts):
     assert limited[0]["gradient_mb"] == 4 * model_inputs("resnest50").trainable_params / 1e6
     assert limited[0]["measured_ms"] > 1.5 * unlimited[0]["measured_ms"]
     assert limited[0]["modelled_ms"] > 880      # 8 x 110 MB / (1 Gbit/s x 0.956) and more
+
+
+def test_the_slurm_script_trains_on_the_allocations_hosts(digits, hosts, tmp_path):
+    """scripts/slurm_train.sbatch as sbatch runs it on an allocation's first node: the hosts
+    come from SLURM_JOB_NODELIST (rg-host[1-2]), one process each."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text("train:\n  epochs: 1\n")
+    env = dict(os.environ, SLURM_JOB_NODELIST="rg-host[1-2]", SLURM_JOB_NUM_NODES="2",
+               SLURM_GPUS_ON_NODE="1", IFACE=IFACE, SSH_IDENTITY_FILE=hosts.key,
+               VENV=os.path.dirname(os.path.dirname(sys.executable)))
+    workdir = tmp_path / "run"
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "slurm_train.sbatch"),
+                             str(config), str(workdir), *tiny(digits, "train.epochs=1")],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"2 hosts ready ({HOSTS[0]}:1, {HOSTS[1]}:1) on {IFACE}" in result.stderr
+    assert "2 worker(s) (horovod)" in result.stdout
+    assert newest_meta(workdir)["global_step"] == 3
