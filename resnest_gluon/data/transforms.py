@@ -8,9 +8,10 @@ worker processes; mean/std normalisation and the NCHW layout follow in one pass
 Speed choices, each giving the same distribution of outputs as the textbook sequence:
 
 * for training, JPEG decoding uses DCT scaling (``Image.draft``) when the crop is at least
-  twice the output size, decoding fewer pixels; the crop then spans 1 to 2 output pixels per
-  pixel, where OpenCV's bilinear (or bicubic) resize of the crop (:func:`resize_crop`) needs
-  no anti-aliasing and costs a third of Pillow's; shrinking by more averages areas;
+  twice the output size, decoding fewer pixels; the crop then spans 1 to 2 source pixels per
+  output pixel, where OpenCV's bilinear (or bicubic) warp of the crop (:func:`resize_crop`)
+  needs no anti-aliasing and costs a quarter of Pillow's resize; shrinking by more averages
+  areas;
 * brightness, contrast and saturation jitter (random order) and PCA lighting are all affine
   maps of the RGB vector, so they are composed into one 3x4 matrix and applied in a single
   pass (``cv2.transform``); the contrast mean is carried through the composition exactly.
@@ -52,21 +53,26 @@ def resample_filter(interpolation: str) -> int:
 
 
 def resize_crop(rgb: np.ndarray, box, size: int, interpolation: str = "bilinear") -> np.ndarray:
-    """The ``box`` ``(left, top, right, bottom)`` of ``rgb`` (H, W, 3 uint8), resized to
+    """The box ``(left, top, right, bottom)`` of ``rgb`` (H, W, 3 uint8), resized to
     ``size x size`` with OpenCV.
 
-    The box is rounded to whole pixels (at least one). Along an axis shrunk by more than 2x,
-    where interpolation would alias, pixels are averaged over areas instead (``INTER_AREA``).
+    The box keeps its sub-pixel position and size: output pixel centres map onto it as in
+    Pillow's ``resize(box=...)`` (an affine warp, edges replicated). Along an axis shrunk by
+    more than 2x, where interpolation would alias, the box is rounded to whole pixels and
+    averaged over areas instead (``INTER_AREA``).
     """
-    left, top = int(round(box[0])), int(round(box[1]))
-    right = min(max(left + 1, int(round(box[2]))), rgb.shape[1])
-    bottom = min(max(top + 1, int(round(box[3]))), rgb.shape[0])
-    crop = rgb[top:bottom, left:right]
-    if max(crop.shape[:2]) > 2 * size:
-        flag = cv2.INTER_AREA
-    else:
-        flag = CV2_INTERPOLATIONS[interpolation]
-    return cv2.resize(crop, (size, size), interpolation=flag)
+    left, top, right, bottom = (float(v) for v in box)
+    scale_x, scale_y = (right - left) / size, (bottom - top) / size
+    if max(scale_x, scale_y) > 2:
+        x0, y0 = int(round(left)), int(round(top))
+        x1 = min(max(x0 + 1, int(round(right))), rgb.shape[1])
+        y1 = min(max(y0 + 1, int(round(bottom))), rgb.shape[0])
+        return cv2.resize(rgb[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
+    matrix = np.array([[scale_x, 0.0, left + 0.5 * scale_x - 0.5],
+                       [0.0, scale_y, top + 0.5 * scale_y - 0.5]])
+    return cv2.warpAffine(rgb, matrix, (size, size),
+                          flags=CV2_INTERPOLATIONS[interpolation] | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 _WIDE_INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
