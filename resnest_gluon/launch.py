@@ -17,6 +17,7 @@ Nothing here imports Horovod; the command runs ``horovodrun`` as a program.
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import uuid
@@ -251,7 +252,6 @@ def failed_rank(output: str) -> Optional[Tuple[int, int]]:
 def describe_exit(code: int) -> str:
     """An exit code in words: -9 or 137 -> 'killed by signal 9 (SIGKILL)'; 255 is what ssh
     returns for a remote process that ended without an exit status."""
-    import signal
     if code == 255:
         return ("exit code 255: its ssh session ended without an exit status, so it was "
                 "killed by a signal or its host or connection was lost")

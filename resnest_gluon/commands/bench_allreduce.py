@@ -13,7 +13,6 @@ measured here (the time to compress the gradient and decompress it, in this proc
 """
 import argparse
 import json
-import logging
 import sys
 import time
 
@@ -26,8 +25,6 @@ from ..training.dist import init_distributed
 from ..training.scaling import allreduce_seconds, fused_buffers, gradient_bytes
 from . import setup_logging
 from .cli import command, positive_float, positive_int
-
-log = logging.getLogger("bench_allreduce")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +111,7 @@ def measure(args, dist, floors=None):
     floors = floors or {}
     params = gradient_parameters(args.model)
     values = sum(int(np.prod(p.shape)) for p in params.values())
+    fusion_bytes, cycle_s = args.fusion_mb * 2**20, args.cycle_ms * 1e-3
     rows = []
     for compression in args.compression:
         fp16 = compression == "fp16"
@@ -123,16 +121,15 @@ def measure(args, dist, floors=None):
         modelled = None
         if args.bandwidth_gbit:
             modelled = allreduce_seconds(nbytes, dist.size, args.bandwidth_gbit * 1e9,
-                                         args.latency_us * 1e-6, args.fusion_mb * 2**20,
-                                         len(params), args.cycle_ms * 1e-3,
-                                         args.wire_efficiency, compress,
+                                         args.latency_us * 1e-6, fusion_bytes, len(params),
+                                         cycle_s, args.wire_efficiency, compress,
                                          floors.get(compression, 0.0))
         rows.append({"compression": compression, "workers": dist.size,
                      "bandwidth_gbit": args.bandwidth_gbit, "gradient_mb": nbytes / 1e6,
-                     "buffers": fused_buffers(nbytes, args.fusion_mb * 2**20, len(params)),
+                     "buffers": fused_buffers(nbytes, fusion_bytes, len(params)),
                      "compress_ms": compress * 1e3,
                      "measured_ms": measured * 1e3,
-                     "ring_ms": (measured - args.cycle_ms * 5e-4 - compress) * 1e3,
+                     "ring_ms": (measured - cycle_s / 2 - compress) * 1e3,
                      "modelled_ms": None if modelled is None else modelled * 1e3})
     return rows
 

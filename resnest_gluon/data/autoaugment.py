@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, ImageStat
 
-__all__ = ["IMAGENET_POLICY", "OPS", "AutoAugment", "apply_op", "magnitude_value"]
+__all__ = ["IMAGENET_POLICY", "OPS", "AutoAugment", "apply_op", "magnitude_value",
+           "op_value"]
 
 FILL = (128, 128, 128)
 LEVELS = 10
@@ -97,30 +98,28 @@ def _sharpness(img, factor):
     return _blend_with(img, smooth, factor)
 
 
-def _autocontrast(img, _value=None):
-    tables = []
-    for hist in np.asarray(img.histogram(), np.int64).reshape(-1, 256):
-        present = np.flatnonzero(hist)
-        low, high = (present[0], present[-1]) if present.size else (0, 0)
-        if high <= low:
-            tables.append(np.arange(256))
-            continue
-        scale = 255.0 / (high - low)
-        tables.append(np.clip((np.arange(256) * scale - low * scale).astype(np.int64), 0, 255))
+def _point_per_band(img, table):
+    """``img`` through ``table(histogram)`` of each band, a 256-entry lookup table."""
+    tables = [table(hist) for hist in np.asarray(img.histogram(), np.int64).reshape(-1, 256)]
     return img.point(np.concatenate(tables).tolist())
 
 
-def _equalize(img, _value=None):
-    tables = []
-    for hist in np.asarray(img.histogram(), np.int64).reshape(-1, 256):
-        present = hist[hist > 0]
-        step = (present.sum() - present[-1]) // 255 if present.size > 1 else 0
-        if not step:
-            tables.append(np.arange(256))
-            continue
-        below = np.concatenate([[0], np.cumsum(hist)[:-1]])
-        tables.append(np.minimum((step // 2 + below) // step, 255))
-    return img.point(np.concatenate(tables).tolist())
+def _autocontrast_table(hist):
+    present = np.flatnonzero(hist)
+    low, high = (present[0], present[-1]) if present.size else (0, 0)
+    if high <= low:
+        return np.arange(256)
+    scale = 255.0 / (high - low)
+    return np.clip((np.arange(256) * scale - low * scale).astype(np.int64), 0, 255)
+
+
+def _equalize_table(hist):
+    present = hist[hist > 0]
+    step = (present.sum() - present[-1]) // 255 if present.size > 1 else 0
+    if not step:
+        return np.arange(256)
+    below = np.concatenate([[0], np.cumsum(hist)[:-1]])
+    return np.minimum((step // 2 + below) // step, 255)
 
 
 def _posterize(img, bits):
@@ -146,26 +145,33 @@ OPS: Dict[str, Tuple[Callable, float, bool]] = {
     "Sharpness": (_sharpness, 0.9, True),
     "Posterize": (_posterize, None, False),
     "Solarize": (_solarize, None, False),
-    "AutoContrast": (_autocontrast, None, False),
-    "Equalize": (_equalize, None, False),
+    "AutoContrast": (lambda img, v: _point_per_band(img, _autocontrast_table), None, False),
+    "Equalize": (lambda img, v: _point_per_band(img, _equalize_table), None, False),
     "Invert": (lambda img, v: ImageOps.invert(img), None, False),
 }
 _ENHANCERS = {"Color", "Contrast", "Brightness", "Sharpness"}
+
+
+def op_value(name: str, amount: float, full: float = 1.0, sign: float = 1.0) -> float:
+    """The argument of operation ``name`` at ``amount`` out of ``full`` (its strongest), with
+    ``sign`` for the signed operations; AutoAugment's levels (out of 9) and RandAugment's
+    magnitudes (as a fraction of 10) both map onto it."""
+    if name == "Posterize":
+        return 8 - round(amount * 4 / full)       # 8 bits (identity) .. 4 bits
+    if name == "Solarize":
+        return 256 - amount * 256 / full          # 256 (identity) .. 0
+    _, maximum, signed = OPS[name]
+    if maximum is None:
+        return 0.0
+    value = maximum * amount / full * (sign if signed else 1.0)
+    return 1.0 + value if name in _ENHANCERS else value
 
 
 def magnitude_value(name: str, level: int, sign: float = 1.0) -> float:
     """The operation's argument at ``level`` (0..9), with ``sign`` for signed operations."""
     if not 0 <= level < LEVELS:
         raise ValueError(f"AutoAugment level must be in 0..{LEVELS - 1}, got {level}")
-    if name == "Posterize":
-        return 8 - round(level * 4 / (LEVELS - 1))            # 8 bits .. 4 bits
-    if name == "Solarize":
-        return 256 - level * 256 / (LEVELS - 1)              # 256 (no-op) .. 0
-    _, maximum, signed = OPS[name]
-    if maximum is None:
-        return 0.0
-    value = maximum * level / (LEVELS - 1) * (sign if signed else 1.0)
-    return 1.0 + value if name in _ENHANCERS else value
+    return op_value(name, level, LEVELS - 1, sign)
 
 
 def apply_op(img: Image.Image, name: str, value: float) -> Image.Image:

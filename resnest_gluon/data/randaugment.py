@@ -13,7 +13,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from .autoaugment import OPS, apply_op
+from .autoaugment import OPS, apply_op, op_value
 
 __all__ = ["RandAugment", "RAND_OPS", "rand_value", "MAX_MAGNITUDE"]
 
@@ -21,22 +21,12 @@ MAX_MAGNITUDE = 10.0
 RAND_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color",
             "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX",
             "TranslateY")
-_ENHANCERS = {"Color", "Contrast", "Brightness", "Sharpness"}
 
 
 def rand_value(name: str, magnitude: float, sign: float = 1.0) -> float:
     """The argument of operation ``name`` at ``magnitude`` in [0, 10], with ``sign`` for the
     signed operations."""
-    fraction = min(max(magnitude, 0.0), MAX_MAGNITUDE) / MAX_MAGNITUDE
-    if name == "Posterize":
-        return 8 - round(fraction * 4)            # 8 bits (identity) .. 4 bits
-    if name == "Solarize":
-        return 256 - fraction * 256               # 256 (identity) .. 0
-    _, maximum, signed = OPS[name]
-    if maximum is None:
-        return 0.0
-    value = maximum * fraction * (sign if signed else 1.0)
-    return 1.0 + value if name in _ENHANCERS else value
+    return op_value(name, min(max(magnitude, 0.0), MAX_MAGNITUDE) / MAX_MAGNITUDE, sign=sign)
 
 
 class RandAugment:

@@ -16,10 +16,9 @@ import tempfile
 
 from twohosts import IFACE, TwoHosts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+from resnest_gluon.commands.bench_allreduce import format_rows
 
-from resnest_gluon.commands.bench_allreduce import format_rows  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def bench(bed, *args):
