@@ -10,7 +10,8 @@ to ``horovodrun``, and how it names the host of a rank that failed:
 * :func:`assign_ranks` gives ranks to hosts as ``horovodrun`` does (host by host, in order);
 * :func:`check_hosts` runs one bounded ssh probe per host, in parallel: reachable, has the
   network interface, sees the shared work directory;
-* :func:`failed_rank` reads ``horovodrun``'s report of the first process that failed.
+* :func:`failed_rank` reads ``horovodrun``'s report of the first process that failed, and
+  :func:`stop_leftovers` kills what a failed launch left running on its hosts.
 
 Nothing here imports Horovod; the command runs ``horovodrun`` as a program.
 """
@@ -22,13 +23,13 @@ import socket
 import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import UserError
 
 __all__ = ["Host", "LaunchError", "read_hostfile", "parse_host_list", "expand_nodelist",
            "slurm_hosts", "assign_ranks", "is_local", "local_interfaces", "check_hosts",
-           "failed_rank", "describe_exit"]
+           "stop_leftovers", "JOB_VARIABLE", "failed_rank", "describe_exit"]
 
 
 class LaunchError(UserError):
@@ -181,18 +182,21 @@ def _ssh(host, command, port=None, identity=None, timeout_s=5):
     return argv + [host, command]
 
 
+def _run_on(host, command, port, identity, timeout_s):
+    """Run the shell ``command`` on ``host`` (by ssh unless it is this machine), waiting at
+    most ``timeout_s`` + 10 s; a CompletedProcess (``subprocess.TimeoutExpired`` past that)."""
+    argv = ["sh", "-c", command] if is_local(host) else _ssh(host, command, port, identity,
+                                                               timeout_s)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s + 10)
+
+
 def _probe(host, iface, token_path, port, identity, timeout_s) -> Optional[str]:
     """One host's problem, or None when it is ready."""
     command = "ls /sys/class/net"
     if token_path:
         command += f"; echo ---; cat {shlex.quote(token_path)} 2>/dev/null"
     try:
-        if is_local(host):
-            result = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
-                                    timeout=timeout_s + 10)
-        else:
-            result = subprocess.run(_ssh(host, command, port, identity, timeout_s),
-                                    capture_output=True, text=True, timeout=timeout_s + 10)
+        result = _run_on(host, command, port, identity, timeout_s)
     except subprocess.TimeoutExpired:
         return f"host {host} did not answer over ssh within {timeout_s + 10} s"
     if result.returncode == 255:
@@ -241,6 +245,31 @@ def check_hosts(hosts: Sequence[str], iface: Optional[str] = None,
         more = len(problems) - 1
         raise LaunchError(problems[0] + (f" [{more} more host{'s' if more > 1 else ''} "
                                          f"failed the check too]" if more else ""))
+
+
+JOB_VARIABLE = "RESNEST_LAUNCH_ID"
+
+
+def stop_leftovers(hosts: Sequence[str], job_id: str, port: Optional[int] = None,
+                   identity: Optional[str] = None, timeout_s: int = 5) -> Dict[str, int]:
+    """Kill, on every host, the processes whose environment has ``RESNEST_LAUNCH_ID=job_id``
+    (the ranks of one launch and their loader workers); returns the count per host.
+
+    ``horovodrun`` stops a failed job by ending its ssh sessions, and a rank whose session
+    ended keeps running (without a terminal nothing sends it SIGHUP) until it notices its
+    peers are gone: long enough to hold the work directory against the relaunch.
+    """
+    command = (f"for p in /proc/[0-9]*; do grep -qsxz '{JOB_VARIABLE}={job_id}' $p/environ "
+               f"&& kill -9 ${{p#/proc/}} 2>/dev/null && echo ${{p#/proc/}}; done; true")
+
+    def stop(host):
+        try:
+            return len(_run_on(host, command, port, identity, timeout_s).stdout.split())
+        except subprocess.TimeoutExpired:
+            return 0
+
+    with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
+        return dict(zip(hosts, pool.map(stop, hosts)))
 
 
 def failed_rank(output: str) -> Optional[Tuple[int, int]]:

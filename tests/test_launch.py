@@ -1,6 +1,7 @@
 """resnest-launch without hosts: host lists, Slurm node lists, rank placement, exit codes and
 the errors it stops with (the two-host runs are in tests/multihost)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from resnest_gluon.launch import (
     parse_host_list,
     read_hostfile,
     slurm_hosts,
+    stop_leftovers,
 )
 
 
@@ -144,3 +146,19 @@ def test_the_allreduce_benchmark_in_one_process(tmp_path):
     bad = subprocess.run([sys.executable, f"{ROOT}/scripts/bench_allreduce.py",
                           "--host-floor-ms", "fp32=3"], capture_output=True, text=True)
     assert bad.returncode == 2 and "none=MS or fp16=MS" in bad.stderr
+
+
+def test_leftover_processes_of_a_launch_are_stopped_and_no_others():
+    """What horovodrun leaves running after a failure (ranks whose ssh session ended) is found
+    by the launch's id in the process environment and killed; another launch's survive."""
+    sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+    ours = subprocess.Popen(sleep, env=dict(os.environ, RESNEST_LAUNCH_ID="job-a"))
+    other = subprocess.Popen(sleep, env=dict(os.environ, RESNEST_LAUNCH_ID="job-b"))
+    try:
+        assert stop_leftovers(["localhost"], "job-a") == {"localhost": 1}
+        assert ours.wait(timeout=30) == -9
+        assert other.poll() is None
+    finally:
+        for proc in (ours, other):
+            proc.kill()
+            proc.wait()

@@ -4,8 +4,10 @@ Before a job takes a cluster, one bounded ssh probe per host (in parallel) check
 otherwise fails late or hangs: the host answers, has the network interface, and sees the work
 directory (the ``--workdir`` of the command) on a shared filesystem. Then ``horovodrun`` runs
 with the same hosts, and when a rank fails, the last line names its host and how it ended
-instead of ``horovodrun``'s traceback. Hosts come from a hostfile, a ``-H`` list or the Slurm
-allocation the command runs in (``--slurm``; see ``scripts/slurm_train.sbatch``).
+instead of ``horovodrun``'s traceback, after the job's processes left on any host are killed
+(so that the relaunch finds the work directory free). Hosts come from a hostfile, a ``-H``
+list or the Slurm allocation the command runs in (``--slurm``; see
+``scripts/slurm_train.sbatch``).
 """
 import argparse
 import collections
@@ -14,9 +16,11 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 
 from ..errors import RunFailure
 from ..launch import (
+    JOB_VARIABLE,
     LaunchError,
     assign_ranks,
     check_hosts,
@@ -25,6 +29,7 @@ from ..launch import (
     parse_host_list,
     read_hostfile,
     slurm_hosts,
+    stop_leftovers,
 )
 from . import setup_logging
 from .cli import command, positive_int
@@ -99,13 +104,13 @@ def horovodrun_argv(args, hosts, job):
     return argv + job
 
 
-def run_job(argv, ranks):
-    """Run ``horovodrun``, echoing its output; on a failed rank raise :class:`RunFailure`
-    naming the rank's host (``horovodrun``'s own traceback is left out)."""
+def run_job(argv, ranks, env=None):
+    """Run ``horovodrun`` (with ``env``), echoing its output; on a failed rank raise
+    :class:`RunFailure` naming the rank's host (``horovodrun``'s own traceback is left out)."""
     tail = collections.deque(maxlen=400)
     in_traceback = False
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace") as proc:
+                          errors="replace", env=env) as proc:
         for line in proc.stdout:
             tail.append(line)
             # Ranks' lines start with '[rank]'; an unprefixed traceback is horovodrun's own.
@@ -143,7 +148,20 @@ def main(argv=None) -> int:
              f" on {args.iface}" if args.iface else "")
     if args.check_only:
         return 0
-    return run_job(horovodrun_argv(args, hosts, job), ranks)
+    job_id = uuid.uuid4().hex   # horovodrun passes it on to every rank's environment
+    finished = False
+    try:
+        code = run_job(horovodrun_argv(args, hosts, job), ranks,
+                       env=dict(os.environ, **{JOB_VARIABLE: job_id}))
+        finished = True
+        return code
+    finally:
+        if not finished:
+            for host, count in stop_leftovers(used, job_id, args.ssh_port,
+                                              args.ssh_identity_file,
+                                              args.connect_timeout).items():
+                if count:
+                    log.info("stopped %d leftover process(es) of the job on %s", count, host)
 
 
 if __name__ == "__main__":

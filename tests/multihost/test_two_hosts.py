@@ -102,6 +102,7 @@ def test_a_killed_remote_rank_ends_the_job_naming_its_host_and_the_relaunch_resu
     assert f"rank 1 on host {HOSTS[1]} ended first (exit code 255" in last, last
     assert "killed by a signal" in last and "resumes" in last, last
     assert not [line for line in output.splitlines() if line.startswith("Traceback")]
+    assert not any(_rank_pids(host, workdir) for host in HOSTS)   # nothing left running
     resumed_from = newest_meta(workdir)["global_step"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:]
