@@ -15,6 +15,10 @@ REQ_HASH   := $(shell cat $(REQ_FILES) | sha256sum | cut -c1-12)
 VENV       ?= $(CACHE_DIR)/venv-$(MXNET_PKG)-$(REQ_HASH)
 VPY        := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.deps-installed
+# Installed on top of the environment without dependencies, keyed by its own hash, so that a
+# change of a pinned reference reinstalls only that (not Horovod).
+PEERS_FILE := requirements/peers.txt
+PEERS_STAMP := $(VENV)/.peers-$(shell sha256sum $(PEERS_FILE) | cut -c1-12)
 PYTEST_ARGS ?=
 
 include Makefile.env
@@ -59,9 +63,15 @@ ifneq ($(GPU_BUILD),)
 endif
 	touch $@
 
+$(PEERS_STAMP): $(DEPS_STAMP) $(PEERS_FILE)
+	@echo ">>> installing the reference implementations of $(PEERS_FILE) (without dependencies)"
+	$(VPY) -m pip install --quiet --no-deps -r $(PEERS_FILE)
+	rm -f $(VENV)/.peers-*
+	touch $@
+
 # The package itself is installed editable into the shared environment; re-pointed when the
 # environment is used from another clone.
-env: $(DEPS_STAMP)
+env: $(DEPS_STAMP) $(PEERS_STAMP)
 	@if [ "$$(cat $(VENV)/.source-dir 2>/dev/null)" != "$(CURDIR)" ]; then \
 	  echo ">>> installing resnest_gluon (editable) from $(CURDIR)"; \
 	  $(VPY) -m pip install --quiet --no-deps --no-build-isolation -e . && \

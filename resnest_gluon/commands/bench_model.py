@@ -1,13 +1,16 @@
-"""``scripts/bench_model.py``: model speed and memory against gluoncv's implementation.
+"""``scripts/bench_model.py``: model speed and memory against the other implementations.
 
 For each model: images/s of inference and of a full training step (forward, backward, NAG
-update), hybridized with static memory; peak resident memory of the training process; achieved
-GFLOP/s from the project's FLOP counter and its fraction of this machine's sgemm GFLOP/s, all
-measured in the same run. ``--serving`` adds our serving and precision paths (oneDNN-fused
-export, onnxruntime, bfloat16 AMP inference and training) with their logit differences.
-gluoncv's ResNeSt built with the same spec is measured the same way (same batch, size, dtype,
-threads), each measurement in a fresh process so that peak memory is its own; warm-up
-excluded, median of the repetitions.
+update), hybridized with static memory; peak resident memory of each; achieved GFLOP/s from
+the project's FLOP counter and its fraction of this machine's sgemm GFLOP/s. The same network
+is measured in the peers named by ``--against``: the authors' own Gluon package (``resnest``),
+gluoncv, and timm's PyTorch model when an interpreter with torch and timm is at hand (same
+batch, size, dtype and threads; DropBlock off everywhere). Every measurement runs in a fresh
+process (its peak memory is its own), the implementations interleaved, ``--rounds`` times;
+the table shows medians. Our ResNet-D-50 is measured alongside, so that the split-attention
+networks' FLOP rate can be read against a plain ResNet's. ``--serving`` adds our serving and
+precision paths (oneDNN-fused export, onnxruntime, bfloat16 AMP inference and training) with
+their logit differences.
 """
 import argparse
 import json
@@ -18,11 +21,15 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
+from importlib import metadata
 
 import mxnet as mx
 import numpy as np
 
-from ..peers import gluoncv_twin, randomize_batchnorm
+from ..errors import UserError
+from ..peers import authors_twin, gluoncv_twin, randomize_batchnorm, timm_name
+from ..timing import median_step_seconds
 from . import setup_logging
 from .cli import command
 
@@ -51,7 +58,7 @@ def sgemm_gflops(n=2048, repeats=5):
 
 
 def build(impl, name, classes=1000, overrides=None):
-    """Our network, or gluoncv's ResNeSt class with the same spec.
+    """Our network, or the authors' or gluoncv's ResNeSt class with the same spec.
 
     ``overrides`` changes architecture fields of the zoo spec (``radix``, ``cardinality``,
     ``bottleneck_width``, ...), as ``model.overrides`` does in a config.
@@ -59,12 +66,25 @@ def build(impl, name, classes=1000, overrides=None):
     if impl == "ours":
         from ..models import get_model
         return get_model(name, classes=classes, **dict(overrides or {}))
+    if impl == "authors":
+        return authors_twin(name, classes, overrides)
     return gluoncv_twin(name, classes, overrides)
 
 
 MODES = ("infer", "train")
+PEERS = ("authors", "gluoncv", "timm")
+# The plain ResNet whose FLOP rate the split-attention networks are read against.
+FLOP_REFERENCE = "resnet50d"
+_TIMM_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "timm_measure.py")
 # Serving and precision paths of our network, measured with --serving.
 SERVING_MODES = ("export-fused", "onnxruntime", "infer-bf16", "train-bf16")
+_SERVING_LABELS = {
+    "export-fused": ("exported, oneDNN-fused (`export.py --fuse`)", "infer"),
+    "onnxruntime": ("ONNX export on onnxruntime", "infer"),
+    "infer-bf16": ("bfloat16 AMP inference", "infer"),
+    "train-bf16": ("bfloat16 AMP training step", "train"),
+}
 
 
 def _seeded_network(impl, name, overrides):
@@ -72,16 +92,6 @@ def _seeded_network(impl, name, overrides):
     serving paths' folding of BatchNorm is exercised when their logits are compared)."""
     mx.random.seed(0)
     return randomize_batchnorm(build(impl, name, overrides=overrides), seed=0, magnitude=3.0)
-
-
-def _time(step, repeats, warmup):
-    times = []
-    for i in range(warmup + repeats):
-        tic = time.perf_counter()
-        step()
-        if i >= warmup:
-            times.append(time.perf_counter() - tic)
-    return statistics.median(times)
 
 
 def _inference_step(impl, name, mode, x, overrides, workdir):
@@ -161,121 +171,276 @@ def measure(impl, name, mode, batch, size, repeats, warmup=2, overrides=None,
             step, logits = _inference_step(impl, name, mode, x, overrides, workdir)
         if logits_file:
             np.save(logits_file, logits)
-    seconds = _time(step, repeats, warmup)
+    seconds = median_step_seconds(step, repeats, warmup)
     return {"img_per_s": batch / seconds,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 
-def measure_in_subprocess(impl, name, mode, batch, size, repeats, overrides=None,
-                          logits_file=None):
-    """:func:`measure` in a fresh Python process, so that its peak memory is its own."""
+def thread_environment(threads):
+    """This process's environment with ``threads`` OpenMP threads (MXNet and torch read it)."""
+    return dict(os.environ, OMP_NUM_THREADS=str(threads))
+
+
+def timm_unavailable(python):
+    """Why ``python`` cannot measure timm (its last error line), or None when it can."""
+    try:
+        done = subprocess.run([python, "-c", "import torch, timm"], capture_output=True,
+                              text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return str(error)
+    lines = done.stderr.strip().splitlines()
+    return None if done.returncode == 0 else (lines[-1] if lines else f"exit {done.returncode}")
+
+
+def _measure_command(impl, name, mode, batch, size, repeats, overrides, logits_file,
+                     torch_python, threads):
+    if impl == "timm":
+        return [torch_python or sys.executable, _TIMM_SCRIPT, timm_name(name, overrides), mode,
+                str(batch), str(size), str(repeats), str(threads)]
     command = [sys.executable, "-m", "resnest_gluon.commands.bench_model", "--measure", impl,
                mode, name, "--batch-size", str(batch), "--size", str(size), "--repeats",
                str(repeats), "--overrides", json.dumps(overrides or {})]
-    if logits_file:
-        command += ["--logits", logits_file]
-    done = subprocess.run(command, capture_output=True, text=True)
+    return command + (["--logits", logits_file] if logits_file else [])
+
+
+def measure_in_subprocess(impl, name, mode, batch, size, repeats, overrides=None,
+                          logits_file=None, torch_python=None, threads=None):
+    """:func:`measure` in a fresh Python process, so that its peak memory is its own.
+
+    ``impl="timm"`` runs ``timm_measure.py`` with ``torch_python`` (default: this
+    interpreter); ``threads`` (default: all cores) sets OMP_NUM_THREADS for either.
+    """
+    command = _measure_command(impl, name, mode, batch, size, repeats, overrides, logits_file,
+                               torch_python, threads or os.cpu_count())
+    done = subprocess.run(command, capture_output=True, text=True,
+                          env=thread_environment(threads or os.cpu_count()))
     if done.returncode != 0:
         raise RuntimeError(f"benchmark of {name} ({impl}, {mode}) failed:\n"
                            f"{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run(names, batch=32, size=224, repeats=5, serving=False):
-    """Rows of measurements; FLOP rates use the project's multiply-add counter x 2.
+def measurement_plan(names, against, serving=False, flop_reference=FLOP_REFERENCE):
+    """The (model, impl, mode) measurements of one round, in the order they run.
 
-    With ``serving``, each row also has our network's :data:`SERVING_MODES` and, for the
-    inference paths, the max abs difference of their logits from the float32 network's.
+    Each model is measured by us and by every peer in ``against`` (timm only where it has the
+    model); ``flop_reference`` (ours only) is added once when it is not among ``names``.
+    """
+    plan = []
+    for name in names:
+        impls = ["ours"] + [peer for peer in against if peer != "timm" or timm_name(name)]
+        plan += [(name, impl, mode) for impl in impls for mode in MODES]
+        plan += [(name, "ours", mode) for mode in SERVING_MODES] if serving else []
+    if flop_reference and flop_reference not in names:
+        plan += [(flop_reference, "ours", mode) for mode in MODES]
+    return plan
+
+
+def _versions(torch_python):
+    """Versions of the peers, for the table's labels."""
+    versions = {}
+    for impl, package in (("authors", "resnest"), ("gluoncv", "gluoncv")):
+        try:
+            versions[impl] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[impl] = "?"
+    done = subprocess.run([torch_python or sys.executable, "-c", "import timm, torch; "
+                           "print(f'timm {timm.__version__}, torch {torch.__version__}')"],
+                          capture_output=True, text=True)
+    versions["timm"] = done.stdout.strip() or "?"
+    return versions
+
+
+def _summarize(name, samples, flops, peak, logits):
+    """One row: medians over the rounds of every (impl, mode) measured for ``name``."""
+    row = {"model": name, "sgemm": peak, "gflops_per_image": flops / 1e9}
+    for (model, impl, mode), results in samples.items():
+        if model == name:
+            row[f"{impl}_{mode}"] = statistics.median(r["img_per_s"] for r in results)
+            row[f"{impl}_{mode}_mb"] = statistics.median(r["peak_mb"] for r in results)
+    reference = logits.get((name, "infer"))
+    if reference is not None:
+        row["max_abs_logit"] = float(np.abs(reference).max())
+        for mode in SERVING_MODES:
+            if (name, mode) in logits:
+                row[f"ours_{mode}_diff"] = float(np.abs(logits[name, mode] - reference).max())
+    for impl in ("ours",) + PEERS:
+        # training costs about 3x the forward pass
+        for mode, factor in (("infer", 1), ("train", 3)):
+            if f"{impl}_{mode}" in row:
+                row[f"{impl}_{mode}_gflops"] = row[f"{impl}_{mode}"] * factor * flops / 1e9
+    return row
+
+
+def run(names, against=("authors", "gluoncv"), batch=32, size=224, repeats=5, rounds=3,
+        serving=False, flop_reference=FLOP_REFERENCE, torch_python=None, threads=None):
+    """Rows of measurements (medians over ``rounds``), one per model, flop_reference last.
+
+    FLOP rates use the project's multiply-add counter x 2. With ``serving``, each row also
+    has our network's :data:`SERVING_MODES` and, for the inference paths, the max abs
+    difference of their logits from the float32 network's (first round).
     """
     import tempfile
 
     from ..models import count_flops, get_model
+    threads = threads or os.cpu_count()
     peak = sgemm_gflops()
-    log.info("sgemm: %.0f GFLOP/s", peak)
-    rows = []
-    for name in names:
-        flops = 2 * count_flops(get_model(name), size)        # FLOPs per image (2 per MAC)
-        row = {"model": name, "sgemm": peak}
-        with tempfile.TemporaryDirectory() as tmp:
-            runs = [(impl, mode) for impl in ("ours", "gluoncv") for mode in MODES]
-            runs += [("ours", mode) for mode in SERVING_MODES] if serving else []
-            for impl, mode in runs:
-                logits = os.path.join(tmp, f"{impl}-{mode}.npy")
+    log.info("sgemm: %.0f GFLOP/s; %d threads", peak, threads)
+    plan = measurement_plan(names, against, serving, flop_reference)
+    samples, logits = defaultdict(list), {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_index in range(rounds):
+            for name, impl, mode in plan:
+                logits_file = None
+                if impl == "ours" and round_index == 0 and name in names:
+                    logits_file = os.path.join(tmp, f"{name}-{mode}.npy")
                 result = measure_in_subprocess(impl, name, mode, batch, size, repeats,
-                                               logits_file=logits)
-                row[f"{impl}_{mode}"] = result["img_per_s"]
-                row[f"{impl}_{mode}_mb"] = result["peak_mb"]
-                if impl == "ours" and os.path.exists(logits):
-                    row[f"ours_{mode}_logits"] = np.load(logits)
-                log.info("%s %s %s: %.2f img/s, peak %.0f MB", name, impl, mode,
-                         result["img_per_s"], result["peak_mb"])
-        reference = row.pop("ours_infer_logits")
-        row["max_abs_logit"] = float(np.abs(reference).max())
-        for mode in SERVING_MODES:
-            logits = row.pop(f"ours_{mode}_logits", None)
-            if logits is not None:
-                row[f"ours_{mode}_diff"] = float(np.abs(logits - reference).max())
-        # training costs about 3x the forward pass
-        row["ours_infer_gflops"] = row["ours_infer"] * flops / 1e9
-        row["ours_train_gflops"] = row["ours_train"] * 3 * flops / 1e9
-        rows.append(row)
-    return rows
+                                               logits_file=logits_file,
+                                               torch_python=torch_python, threads=threads)
+                samples[name, impl, mode].append(result)
+                if logits_file and os.path.exists(logits_file):
+                    logits[name, mode] = np.load(logits_file)
+                log.info("round %d/%d %s %s %s: %.2f img/s, peak %.0f MB", round_index + 1,
+                         rounds, name, impl, mode, result["img_per_s"], result["peak_mb"])
+    models = list(names) + ([flop_reference] if flop_reference and flop_reference not in names
+                            else [])
+    return [_summarize(name, samples, 2 * count_flops(get_model(name), size), peak, logits)
+            for name in models]
 
 
-_SERVING_LABELS = {
-    "export-fused": ("exported, oneDNN-fused (`export.py --fuse`)", "infer"),
-    "onnxruntime": ("ONNX export on onnxruntime", "infer"),
-    "infer-bf16": ("bfloat16 AMP inference", "infer"),
-    "train-bf16": ("bfloat16 AMP training step", "train"),
-}
+_IMPL_LABELS = {"ours": "ours", "authors": "authors' Gluon (resnest {})",
+                "gluoncv": "gluoncv {}", "timm": "timm {} ({})"}
 
 
-def format_table(rows, batch, size):
-    """The Markdown tables: ours vs gluoncv, then (if measured) our serving paths."""
-    lines = ["| model | impl | infer img/s | train img/s | train peak MB | infer GFLOP/s "
-             "(% sgemm) | train GFLOP/s (% sgemm) |", "|---|---|---|---|---|---|---|"]
+def _impl_label(impl, name, versions):
+    if impl == "timm":
+        return _IMPL_LABELS[impl].format(timm_name(name), versions.get("timm", "?"))
+    return _IMPL_LABELS[impl].format(versions.get(impl, "?"))
+
+
+def _speed_lines(rows, versions):
+    lines = ["| model | impl | infer img/s | train img/s | infer peak MB | train peak MB | "
+             "infer GFLOP/s (% sgemm) | train GFLOP/s (% sgemm) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | ours | {r['ours_infer']:.2f} | {r['ours_train']:.2f} | "
-                     f"{r['ours_train_mb']:.0f} | {r['ours_infer_gflops']:.0f} "
-                     f"({100 * r['ours_infer_gflops'] / r['sgemm']:.0f}%) | "
-                     f"{r['ours_train_gflops']:.0f} "
-                     f"({100 * r['ours_train_gflops'] / r['sgemm']:.0f}%) |")
-        lines.append(f"| {r['model']} | gluoncv | {r['gluoncv_infer']:.2f} | "
-                     f"{r['gluoncv_train']:.2f} | {r['gluoncv_train_mb']:.0f} | | |")
-        lines.append(f"| {r['model']} | ours / gluoncv | "
-                     f"{r['ours_infer'] / r['gluoncv_infer']:.2f}x | "
-                     f"{r['ours_train'] / r['gluoncv_train']:.2f}x | "
-                     f"{r['ours_train_mb'] / r['gluoncv_train_mb']:.2f}x | | |")
-    sgemm = rows[0]["sgemm"] if rows else 0
-    lines.append(f"\n(batch {batch}, {size}x{size}, float32, hybridized static; sgemm "
-                 f"{sgemm:.0f} GFLOP/s; {os.cpu_count()} cores; median of the repeats)")
-    serving = [r for r in rows if "ours_train-bf16" in r]
-    if serving:
-        lines += ["", "| model | path | img/s | vs hybridized float32 | peak MB | "
-                  "max abs logit diff vs float32 |", "|---|---|---|---|---|---|"]
-        for r in serving:
-            lines.append(f"| {r['model']} | hybridized float32 (reference) | "
-                         f"{r['ours_infer']:.2f} | 1.00x | {r['ours_infer_mb']:.0f} | "
-                         f"0 (max abs logit {r['max_abs_logit']:.2f}) |")
-            for mode in SERVING_MODES:
-                label, reference = _SERVING_LABELS[mode]
-                diff = r.get(f"ours_{mode}_diff")
-                lines.append(f"| {r['model']} | {label} | {r['ours_' + mode]:.2f} | "
-                             f"{r['ours_' + mode] / r['ours_' + reference]:.2f}x "
-                             f"{'' if reference == 'infer' else '(vs float32 training)'} | "
-                             f"{r['ours_' + mode + '_mb']:.0f} | "
-                             f"{'' if diff is None else f'{diff:.2g}'} |")
-    return "\n".join(lines)
+        impls = [impl for impl in ("ours",) + PEERS if f"{impl}_infer" in r]
+        for impl in impls:
+            cells = [f"{r[f'{impl}_{m}']:.2f}" for m in MODES]
+            cells += [f"{r[f'{impl}_{m}_mb']:.0f}" for m in MODES]
+            cells += [f"{r[f'{impl}_{m}_gflops']:.0f} "
+                      f"({100 * r[f'{impl}_{m}_gflops'] / r['sgemm']:.0f}%)" for m in MODES]
+            lines.append(f"| {r['model']} | {_impl_label(impl, r['model'], versions)} | "
+                         + " | ".join(cells) + " |")
+        for peer in impls[1:]:
+            cells = [f"**{r[f'ours_{m}'] / r[f'{peer}_{m}']:.2f}x**" for m in MODES]
+            cells += [f"{r[f'ours_{m}_mb'] / r[f'{peer}_{m}_mb']:.2f}x" for m in MODES]
+            lines.append(f"| {r['model']} | ours / {peer} | " + " | ".join(cells) + " | | |")
+    return lines
 
+
+def _flop_rate_lines(rows, flop_reference):
+    reference = next((r for r in rows if r["model"] == flop_reference), None)
+    if reference is None:
+        return []
+    lines = []
+    for r in rows:
+        if r is not reference:
+            rates = [100 * r[f"ours_{m}_gflops"] / reference[f"ours_{m}_gflops"] for m in MODES]
+            lines.append(f"- {r['model']}'s FLOP rate / {flop_reference}'s (ours): inference "
+                         f"{rates[0]:.0f}%, training {rates[1]:.0f}%")
+    return [""] + lines if lines else []
+
+
+def machine_name():
+    """The CPU's model name (from /proc/cpuinfo) and core count."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def _serving_lines(rows):
+    serving = [r for r in rows if "ours_train-bf16" in r]
+    if not serving:
+        return []
+    lines = ["", "| model | path | img/s | vs hybridized float32 | peak MB | "
+             "max abs logit diff vs float32 |", "|---|---|---|---|---|---|"]
+    for r in serving:
+        lines.append(f"| {r['model']} | hybridized float32 (reference) | "
+                     f"{r['ours_infer']:.2f} | 1.00x | {r['ours_infer_mb']:.0f} | "
+                     f"0 (max abs logit {r['max_abs_logit']:.2f}) |")
+        for mode in SERVING_MODES:
+            label, reference = _SERVING_LABELS[mode]
+            diff = r.get(f"ours_{mode}_diff")
+            lines.append(f"| {r['model']} | {label} | {r['ours_' + mode]:.2f} | "
+                         f"{r['ours_' + mode] / r['ours_' + reference]:.2f}x "
+                         f"{'' if reference == 'infer' else '(vs float32 training)'} | "
+                         f"{r['ours_' + mode + '_mb']:.0f} | "
+                         f"{'' if diff is None else f'{diff:.2g}'} |")
+    return lines
+
+
+def format_table(rows, batch, size, versions=None, rounds=1, repeats=1, threads=None,
+                 flop_reference=FLOP_REFERENCE):
+    """The Markdown tables: every implementation and our ratios to each, the FLOP rates
+    against ``flop_reference``, then (if measured) our serving paths."""
+    lines = _speed_lines(rows, versions or {})
+    sgemm = rows[0]["sgemm"] if rows else 0
+    lines.append(f"\n({machine_name()}; {threads or os.cpu_count()} threads; batch {batch}, "
+                 f"{size}x{size}, float32, hybridized static (timm: eager), DropBlock off; "
+                 f"sgemm {sgemm:.0f} GFLOP/s; median of {rounds} fresh process(es) per cell, "
+                 f"each the median of {repeats} timed step(s); memory is each process's peak "
+                 f"RSS)")
+    return "\n".join(lines + _flop_rate_lines(rows, flop_reference) + _serving_lines(rows))
+
+
+def _parse_against(text):
+    peers = [peer.strip() for peer in text.split(",") if peer.strip()]
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        raise UserError(f"--against: unknown implementation(s) {', '.join(unknown)}; "
+                        f"choose from {', '.join(PEERS)}")
+    return peers
+
+
+def _usable_peers(peers, torch_python):
+    """``peers`` without timm when no interpreter with torch and timm is at hand (logged)."""
+    if "timm" in peers:
+        reason = timm_unavailable(torch_python or sys.executable)
+        if reason:
+            log.warning("timm left out: %s cannot import torch and timm (%s); pass "
+                        "--torch-python", torch_python or sys.executable, reason)
+            return [peer for peer in peers if peer != "timm"]
+    return peers
 
 @command("bench-model")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     parser.add_argument("models", nargs="*", default=["resnest50"], help="zoo names")
+    parser.add_argument("--against", default="authors,gluoncv,timm",
+                        help="comma-separated peers measured beside ours: authors (the "
+                             "authors' Gluon package, resnest), gluoncv, timm (PyTorch; left "
+                             "out with a warning unless --torch-python, or this interpreter, "
+                             "imports torch and timm). Default: %(default)s")
+    parser.add_argument("--torch-python", default=None, metavar="PYTHON",
+                        help="interpreter with torch and timm for the timm measurements "
+                             "(default: this one)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed iterations per measurement (median; 2 warm-up excluded)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="fresh processes per cell, the implementations interleaved; the "
+                             "table shows the median (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OpenMP threads of every implementation (default: all cores)")
+    parser.add_argument("--flop-reference", default=FLOP_REFERENCE, metavar="MODEL",
+                        help="plain network measured alongside (ours) to read the FLOP rates "
+                             "against; '' for none (default: %(default)s)")
     parser.add_argument("--serving", action="store_true",
                         help="also measure our serving and precision paths: the oneDNN-fused "
                              "export, onnxruntime on the ONNX export, bfloat16 AMP inference "
@@ -292,8 +457,14 @@ def main(argv=None) -> int:
                                  logits_file=args.logits)))
         return 0
     setup_logging()
-    rows = run(args.models, args.batch_size, args.size, args.repeats, args.serving)
-    print(format_table(rows, args.batch_size, args.size))
+    from ..models import get_spec
+    for name in args.models + ([args.flop_reference] if args.flop_reference else []):
+        get_spec(name)                      # an unknown name fails here, in one line
+    peers = _usable_peers(_parse_against(args.against), args.torch_python)
+    rows = run(args.models, peers, args.batch_size, args.size, args.repeats, args.rounds,
+               args.serving, args.flop_reference, args.torch_python, args.threads)
+    print(format_table(rows, args.batch_size, args.size, _versions(args.torch_python),
+                       args.rounds, args.repeats, args.threads, args.flop_reference))
     return 0
 
 
