@@ -77,3 +77,21 @@ def test_plan_interleaves_every_implementation_and_adds_the_flop_reference_once(
     assert plan[-2:] == [("resnet50d", "ours", "infer"), ("resnet50d", "ours", "train")]
     assert measurement_plan(["resnet50d"], [], flop_reference="resnet50d") == [
         ("resnet50d", "ours", "infer"), ("resnet50d", "ours", "train")]
+
+
+def test_operator_profile_names_the_convolutions_and_the_ceiling():
+    done = subprocess.run([sys.executable, SCRIPT, "resnest14", "--batch-size", "2", "--size",
+                           "32", "--profile", "--against", "authors"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    header = next(line for line in done.stdout.splitlines() if line.startswith("| resnest14 "))
+    assert _cells(header)[1:] == ["ours infer ms", "authors infer ms", "ours train ms",
+                                  "authors train ms"]
+    rows = {_cells(line)[0]: _cells(line)[1:] for line in done.stdout.splitlines()
+            if line.startswith("| ")}
+    assert float(rows["Convolution"][0]) > 0 and float(rows["_backward_Convolution"][2]) > 0
+    assert rows["batch_dot"][0] and not rows["batch_dot"][1]       # ours only
+    for mode in ("infer", "train"):
+        assert re.search(rf"- {mode}: our convolutions take \d+ ms \(\d+% of the step\) at "
+                         rf"\d+ GFLOP/s; with every other operator free, ours would run at "
+                         rf"[0-9.]+ img/s = [0-9.]+x authors' profiled step", done.stdout)

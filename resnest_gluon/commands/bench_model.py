@@ -119,13 +119,50 @@ def _inference_step(impl, name, mode, x, overrides, workdir):
     return (lambda: net(x).wait_to_read()), net(x).asnumpy()
 
 
+def _training_step(impl, name, mode, x, y, overrides):
+    """A function running one training step (forward, loss, backward, NAG update)."""
+    from mxnet import autograd, gluon
+    if mode == "train-bf16":
+        from mxnet.contrib import amp
+        amp.init(target_dtype="bfloat16")
+    net = _seeded_network(impl, name, overrides)
+    # static memory planning, like the trainer; AMP graphs are hybridized plainly there
+    net.hybridize(**({} if mode == "train-bf16" else
+                     {"static_alloc": True, "static_shape": True}))
+    trainer = gluon.Trainer(net.collect_params(), "nag",
+                            {"learning_rate": 0.01, "momentum": 0.9, "wd": 1e-4})
+    if mode == "train-bf16":
+        amp.init_trainer(trainer)
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def step():
+        with autograd.record():
+            loss = loss_fn(net(x), y)
+        loss.backward()
+        trainer.step(x.shape[0])
+        mx.nd.waitall()
+    return step
+
+
+def _step_for(impl, name, mode, batch, size, overrides):
+    """The step function of ``mode`` on a seeded batch, and the logits (inference modes)."""
+    import tempfile
+    mx.random.seed(1)
+    x = mx.nd.random.uniform(shape=(batch, 3, size, size))
+    y = mx.nd.array(np.arange(batch) % 1000)
+    if mode.startswith("train"):
+        return _training_step(impl, name, mode, x, y, overrides), None
+    with tempfile.TemporaryDirectory() as workdir:
+        return _inference_step(impl, name, mode, x, overrides, workdir)
+
+
 def measure(impl, name, mode, batch, size, repeats, warmup=2, overrides=None,
             logits_file=None):
     """One measurement in this process; returns a dict (img/s, peak MB).
 
     Parameters
     ----------
-    impl : {"ours", "gluoncv"}
+    impl : {"ours", "authors", "gluoncv"}
     name : str
         Zoo name; ``overrides`` (dict) changes architecture fields of its spec.
     mode : str
@@ -140,40 +177,47 @@ def measure(impl, name, mode, batch, size, repeats, warmup=2, overrides=None,
     logits_file : str, optional
         Inference modes save the logits of the (seeded) network on the (seeded) batch here.
     """
-    import tempfile
-
-    from mxnet import autograd, gluon
-    mx.random.seed(1)
-    x = mx.nd.random.uniform(shape=(batch, 3, size, size))
-    y = mx.nd.array(np.arange(batch) % 1000)
-    if mode.startswith("train"):
-        if mode == "train-bf16":
-            from mxnet.contrib import amp
-            amp.init(target_dtype="bfloat16")
-        net = _seeded_network(impl, name, overrides)
-        # static memory planning, like the trainer; AMP graphs are hybridized plainly there
-        net.hybridize(**({} if mode == "train-bf16" else
-                         {"static_alloc": True, "static_shape": True}))
-        trainer = gluon.Trainer(net.collect_params(), "nag",
-                                {"learning_rate": 0.01, "momentum": 0.9, "wd": 1e-4})
-        if mode == "train-bf16":
-            amp.init_trainer(trainer)
-        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-
-        def step():
-            with autograd.record():
-                loss = loss_fn(net(x), y)
-            loss.backward()
-            trainer.step(batch)
-            mx.nd.waitall()
-    else:
-        with tempfile.TemporaryDirectory() as workdir:
-            step, logits = _inference_step(impl, name, mode, x, overrides, workdir)
-        if logits_file:
-            np.save(logits_file, logits)
+    step, logits = _step_for(impl, name, mode, batch, size, overrides)
+    if logits_file and logits is not None:
+        np.save(logits_file, logits)
     seconds = median_step_seconds(step, repeats, warmup)
     return {"img_per_s": batch / seconds,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+
+def profile_operators(impl, name, mode, batch, size, steps=3, warmup=2):
+    """Milliseconds per step of every MXNet operator of ``mode`` (MXNet's aggregate profiler).
+
+    Run it with ``MXNET_EXEC_BULK_EXEC_INFERENCE=0`` and ``MXNET_EXEC_BULK_EXEC_TRAIN=0`` in
+    the environment (see :func:`profile_in_subprocess`), or bulked segments hide operators.
+    Returns ``{"ops": {operator: ms per step}, "step_ms": wall ms per step}``.
+    """
+    import tempfile
+    step, _ = _step_for(impl, name, mode, batch, size, None)
+    for _ in range(warmup):
+        step()
+    with tempfile.TemporaryDirectory() as tmp:
+        mx.profiler.set_config(profile_all=True, aggregate_stats=True,
+                               filename=os.path.join(tmp, "profile.json"))
+        mx.profiler.set_state("run")
+        tic = time.perf_counter()
+        for _ in range(steps):
+            step()
+        step_ms = (time.perf_counter() - tic) / steps * 1e3
+        mx.profiler.set_state("stop")
+        stats = json.loads(mx.profiler.dumps(format="json"))
+    ops = {op: value["Total"] / steps for op, value in stats["Time"].get("operator", {}).items()}
+    return {"ops": ops, "step_ms": step_ms}
+
+
+def sgemm_in_subprocess(threads):
+    """:func:`sgemm_gflops` with ``threads`` OpenMP threads (MXNet reads them at start)."""
+    done = subprocess.run([sys.executable, "-c", "from resnest_gluon.commands.bench_model "
+                           "import sgemm_gflops; print(sgemm_gflops())"], capture_output=True,
+                          text=True, env=thread_environment(threads))
+    if done.returncode != 0:
+        raise RuntimeError(f"sgemm measurement failed:\n{done.stderr[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def thread_environment(threads):
@@ -218,6 +262,64 @@ def measure_in_subprocess(impl, name, mode, batch, size, repeats, overrides=None
         raise RuntimeError(f"benchmark of {name} ({impl}, {mode}) failed:\n"
                            f"{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# MXNet's names of the convolutions (the fused graph's included), forward and backward.
+CONVOLUTION_OPS = ("Convolution", "_backward_Convolution", "_sg_mkldnn_conv")
+
+
+def profile_in_subprocess(impl, name, mode, batch, size, threads=None):
+    """:func:`profile_operators` in a fresh process with MXNet's operator bulking off."""
+    env = dict(thread_environment(threads or os.cpu_count()),
+               MXNET_EXEC_BULK_EXEC_INFERENCE="0", MXNET_EXEC_BULK_EXEC_TRAIN="0")
+    command = [sys.executable, "-m", "resnest_gluon.commands.bench_model", "--measure", impl,
+               mode, name, "--batch-size", str(batch), "--size", str(size), "--profile"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"profile of {name} ({impl}, {mode}) failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _convolution_ceiling(profile, batch, flops, mode):
+    """Convolution ms per step, their GFLOP/s, and the img/s with every other op free."""
+    conv_ms = sum(ms for op, ms in profile["ops"].items() if op in CONVOLUTION_OPS)
+    work = flops * batch * (3 if mode == "train" else 1)
+    return conv_ms, work / conv_ms / 1e6, batch / conv_ms * 1e3
+
+
+def _possessive(word):
+    return word + ("'" if word.endswith("s") else "'s")
+
+
+def format_profile(name, profiles, batch, flops, top=16):
+    """Markdown: the ``top`` operators (ms per step) of every profiled (impl, mode), and what
+    the convolutions alone would allow against each peer's measured step."""
+    columns = sorted(profiles, key=lambda key: (MODES.index(key[1]), key[0] != "ours"))
+    ops = sorted({op for result in profiles.values() for op in result["ops"]},
+                 key=lambda op: -max(profiles[key]["ops"].get(op, 0) for key in columns))
+    lines = [f"| {name} operator | " + " | ".join(f"{impl} {mode} ms" for impl, mode in columns)
+             + " |", "|---" * (len(columns) + 1) + "|"]
+    for op in ops[:top]:
+        cells = [f"{profiles[key]['ops'][op]:.1f}" if op in profiles[key]["ops"] else ""
+                 for key in columns]
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    lines.append("| all operators | " + " | ".join(
+        f"{sum(profiles[key]['ops'].values()):.0f}" for key in columns) + " |")
+    lines.append("| step (wall) | " + " | ".join(
+        f"{profiles[key]['step_ms']:.0f}" for key in columns) + " |")
+    lines.append("")
+    for mode in MODES:
+        if ("ours", mode) not in profiles:
+            continue
+        conv_ms, rate, ceiling = _convolution_ceiling(profiles["ours", mode], batch, flops, mode)
+        share = 100 * conv_ms / profiles["ours", mode]["step_ms"]
+        peers = "; ".join(f"{ceiling / (batch / profiles[impl, m]['step_ms'] * 1e3):.2f}x "
+                          f"{_possessive(impl)} profiled step" for impl, m in columns
+                          if m == mode and impl != "ours")
+        lines.append(f"- {mode}: our convolutions take {conv_ms:.0f} ms ({share:.0f}% of the "
+                     f"step) at {rate:.0f} GFLOP/s; with every other operator free, ours would "
+                     f"run at {ceiling:.1f} img/s" + (f" = {peers}" if peers else ""))
+    return "\n".join(lines)
 
 
 def measurement_plan(names, against, serving=False, flop_reference=FLOP_REFERENCE):
@@ -284,7 +386,7 @@ def run(names, against=("authors", "gluoncv"), batch=32, size=224, repeats=5, ro
 
     from ..models import count_flops, get_model
     threads = threads or os.cpu_count()
-    peak = sgemm_gflops()
+    peak = sgemm_in_subprocess(threads)
     log.info("sgemm: %.0f GFLOP/s; %d threads", peak, threads)
     plan = measurement_plan(names, against, serving, flop_reference)
     samples, logits = defaultdict(list), {}
@@ -417,6 +519,19 @@ def _usable_peers(peers, torch_python):
             return [peer for peer in peers if peer != "timm"]
     return peers
 
+def _profiles(names, peers, batch, size, threads):
+    from ..models import count_flops, get_model
+    tables = []
+    for name in names:
+        profiles = {(impl, mode): profile_in_subprocess(impl, name, mode, batch, size, threads)
+                    for impl in ["ours"] + list(peers) for mode in MODES}
+        flops = 2 * count_flops(get_model(name), size)
+        tables.append(format_profile(name, profiles, batch, flops))
+    tables.append(f"\n({machine_name()}; batch {batch}, {size}x{size}, float32, hybridized "
+                  f"static; MXNet profiler, operator bulking off; 3 profiled steps)")
+    return "\n\n".join(tables)
+
+
 @command("bench-model")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].split(": ", 1)[1])
@@ -445,11 +560,20 @@ def main(argv=None) -> int:
                         help="also measure our serving and precision paths: the oneDNN-fused "
                              "export, onnxruntime on the ONNX export, bfloat16 AMP inference "
                              "and training, with their logit differences from float32")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: MXNet's per-operator profile (ms per step, "
+                             "bulking off) of ours and the MXNet peers, and the speed our "
+                             "convolutions alone would allow")
     parser.add_argument("--measure", nargs=2, metavar=("IMPL", "MODE"),
                         help=argparse.SUPPRESS)   # internal: one measurement, JSON out
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--logits", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.measure and args.profile:
+        impl, mode = args.measure
+        print(json.dumps(profile_operators(impl, args.models[0], mode, args.batch_size,
+                                           args.size)))
+        return 0
     if args.measure:
         impl, mode = args.measure
         print(json.dumps(measure(impl, args.models[0], mode, args.batch_size, args.size,
@@ -460,7 +584,12 @@ def main(argv=None) -> int:
     from ..models import get_spec
     for name in args.models + ([args.flop_reference] if args.flop_reference else []):
         get_spec(name)                      # an unknown name fails here, in one line
-    peers = _usable_peers(_parse_against(args.against), args.torch_python)
+    peers = _parse_against(args.against)
+    if args.profile:
+        print(_profiles(args.models, [p for p in peers if p != "timm"], args.batch_size,
+                        args.size, args.threads))
+        return 0
+    peers = _usable_peers(peers, args.torch_python)
     rows = run(args.models, peers, args.batch_size, args.size, args.repeats, args.rounds,
                args.serving, args.flop_reference, args.torch_python, args.threads)
     print(format_table(rows, args.batch_size, args.size, _versions(args.torch_python),
