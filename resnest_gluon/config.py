@@ -39,6 +39,7 @@ class ModelConfig:
     pretrained: str = ""
     freeze: int = -1        # frozen for fine-tuning: -1 nothing, 0 the stem, k stem + stages 1..k
     attention_product: str = "auto"   # split attention: batch_dot, broadcast_mul, or auto
+    grouped_conv: str = "auto"        # grouped 3x3 convolutions: single, split-narrow, or auto
     overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 

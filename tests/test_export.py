@@ -144,3 +144,23 @@ def test_onnx_export_is_made_at_the_models_eval_size(tmp_path, config_file, size
     meta = json.loads((tmp_path / "m-meta.json").read_text())
     assert (meta["model"], meta["size"], meta["num_classes"]) == (shipped.model.name, size, 10)
     assert meta["crop_ratio"] == pytest.approx(ratio)
+
+
+def test_split_groups_export_to_onnx_and_match(tmp_path, photos):
+    """The CPU graph of a 4s2x40d network (groups of 10 to 40 input channels run as separate
+    convolutions) exports and runs on onnxruntime with the network's logits."""
+    from resnest_gluon.export import export_onnx
+    net = randomize_batchnorm(_net("resnest50_fast_4s2x40d", layers=[1, 1, 1, 1]), seed=1)
+    assert sum(1 for b in _blocks(net) if getattr(b, "split_groups", False)) == 3
+    result = export_symbol(net, str(tmp_path / "m"), input_size=64, batch_size=4,
+                           sample=photos)
+    assert result.max_abs_diff < 1e-5
+    diff = export_onnx(result.symbol_file, result.params_file, result.input_shape,
+                       str(tmp_path / "m.onnx"), photos)
+    assert diff < 1e-4
+
+
+def _blocks(net):
+    found = []
+    net.apply(found.append)
+    return found

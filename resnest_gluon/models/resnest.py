@@ -13,7 +13,7 @@ the 3x3 convolution).
 from mxnet.gluon import nn
 
 from .dropblock import DropBlock, SeededDropout
-from .splat import SplitAttentionConv, attention_channels
+from .splat import GroupedConv2D, SplitAttentionConv, attention_channels
 
 __all__ = ["Bottleneck", "ResNeSt", "check_architecture", "stage_geometry"]
 
@@ -110,7 +110,7 @@ class Bottleneck(nn.HybridBlock):
                  radix=2, cardinality=1, bottleneck_width=64, avd=True, avd_first=False,
                  downsample=None, dropblock_prob=None, last_gamma=False,
                  attention_dropout=0.0, norm_kwargs=None, attention_product="batch_dot",
-                 **kwargs):
+                 grouped_conv="split-narrow", **kwargs):
         super().__init__(**kwargs)
         norm_kwargs = norm_kwargs or {}
         width = group_width(planes, bottleneck_width, cardinality)
@@ -126,11 +126,13 @@ class Bottleneck(nn.HybridBlock):
             self.conv2 = SplitAttentionConv(
                 width, 3, conv2_strides, dilation, dilation, cardinality=cardinality,
                 radix=radix, in_channels=width, attention_dropout=attention_dropout,
-                norm_kwargs=norm_kwargs, attention_product=attention_product)
+                norm_kwargs=norm_kwargs, attention_product=attention_product,
+                grouped_conv=grouped_conv)
             self.bn2 = None
         else:
-            self.conv2 = nn.Conv2D(width, 3, conv2_strides, dilation, dilation,
-                                   groups=cardinality, use_bias=False, in_channels=width)
+            self.conv2 = GroupedConv2D(width, 3, conv2_strides, dilation, dilation,
+                                       groups=cardinality, use_bias=False, in_channels=width,
+                                       grouped_conv=grouped_conv)
             self.bn2 = nn.BatchNorm(in_channels=width, **norm_kwargs)
         self.conv3 = nn.Conv2D(planes * EXPANSION, 1, use_bias=False, in_channels=width)
         gamma_init = "zeros" if last_gamma else "ones"
@@ -233,6 +235,10 @@ class ResNeSt(nn.HybridBlock):
     attention_product : str
         How split attention multiplies its weights in (``batch_dot``, fastest on CPUs, or
         ``broadcast_mul``, for GPUs); the same network and results either way.
+    grouped_conv : str
+        How grouped 3x3 convolutions run (``split-narrow``, fastest on CPUs, or ``single``,
+        for GPUs; see :class:`~resnest_gluon.models.splat.GroupedConv2D`); the same network,
+        parameters and results either way.
     features_only : bool
         Build the backbone only (no pooling, dropout or classifier).
     out_indices : sequence of int
@@ -243,8 +249,8 @@ class ResNeSt(nn.HybridBlock):
                  deep_stem=True, avg_down=True, avd=True, avd_first=False, classes=1000,
                  output_stride=32, dropblock_prob=0.0, final_drop=0.0, last_gamma=False,
                  attention_dropout=0.0, in_channels=3, norm_kwargs=None,
-                 attention_product="batch_dot", features_only=False, out_indices=(1, 2, 3, 4),
-                 **kwargs):
+                 attention_product="batch_dot", grouped_conv="split-narrow", features_only=False,
+                 out_indices=(1, 2, 3, 4), **kwargs):
         super().__init__(**kwargs)
         check_architecture(layers, radix, cardinality, bottleneck_width, stem_width, classes,
                            output_stride, dropblock_prob, final_drop)
@@ -259,7 +265,8 @@ class ResNeSt(nn.HybridBlock):
         block_args = dict(radix=radix, cardinality=cardinality,
                           bottleneck_width=bottleneck_width, avd=avd, avd_first=avd_first,
                           last_gamma=last_gamma, attention_dropout=attention_dropout,
-                          norm_kwargs=norm_kwargs, attention_product=attention_product)
+                          norm_kwargs=norm_kwargs, attention_product=attention_product,
+                          grouped_conv=grouped_conv)
         stem_out = stem_width * 2 if deep_stem else 64
         with self.name_scope():
             if deep_stem:

@@ -19,7 +19,7 @@ from .dropblock import SeededDropout
 from .precision import narrowest
 
 __all__ = ["SplitAttentionConv", "attention_channels", "ATTENTION_PRODUCTS",
-           "attention_product_for"]
+           "attention_product_for", "GROUPED_CONVS", "grouped_conv_for", "GroupedConv2D"]
 
 # How the attention weights multiply the splits: the same numbers, two kernels. batch_dot is
 # the fast one on CPUs (oneDNN, docs/benchmarks.md); broadcast_mul avoids cuBLAS batched GEMMs
@@ -32,6 +32,59 @@ def attention_product_for(device_type: str) -> str:
     """The default product for a device type: batch_dot on ``cpu``, broadcast_mul on ``gpu``
     (until the GPU check script measures otherwise)."""
     return "batch_dot" if device_type == "cpu" else "broadcast_mul"
+
+
+# How a grouped convolution runs: the same parameters and results, two graphs. "single" is one
+# Convolution with num_group (cuDNN's grouped kernels; GPUs). "split-narrow" runs each group
+# as its own dense convolution where a group's input width is not a multiple of oneDNN's
+# 16-channel block: oneDNN has no blocked kernel for such groups and falls back to im2col +
+# GEMM (the 2x40d and 4x24d variants ran at a quarter of ResNet-D's FLOP rate); split, the
+# dense convolutions get its fast kernels (docs/benchmarks.md).
+GROUPED_CONVS = ("single", "split-narrow")
+ONEDNN_CHANNEL_BLOCK = 16
+
+
+def grouped_conv_for(device_type: str) -> str:
+    """The default grouped convolution for a device type: split-narrow on ``cpu``, single on
+    ``gpu``."""
+    return "split-narrow" if device_type == "cpu" else "single"
+
+
+class GroupedConv2D(nn.Conv2D):
+    """``nn.Conv2D`` (same parameters, names and results) that can run its groups as separate
+    dense convolutions.
+
+    Parameters
+    ----------
+    grouped_conv : str
+        One of :data:`GROUPED_CONVS`; with "split-narrow", a convolution whose groups are
+        narrower than, or not a multiple of, 16 input channels splits its input and weight
+        per group, convolves each and concatenates the outputs.
+    *args, **kwargs
+        Those of ``nn.Conv2D`` (``in_channels`` and ``groups`` must be given).
+    """
+
+    def __init__(self, *args, grouped_conv="split-narrow", **kwargs):
+        super().__init__(*args, **kwargs)
+        if grouped_conv not in GROUPED_CONVS:
+            raise ValueError(f"grouped_conv must be one of {GROUPED_CONVS}, got "
+                             f"{grouped_conv!r}")
+        groups = self._kwargs["num_group"]
+        width = self._in_channels // groups
+        self.split_groups = (grouped_conv == "split-narrow" and groups > 1
+                             and width % ONEDNN_CHANNEL_BLOCK != 0)
+
+    def hybrid_forward(self, F, x, weight, bias=None):
+        if not self.split_groups:
+            return super().hybrid_forward(F, x, weight, bias)
+        groups = self._kwargs["num_group"]
+        kwargs = dict(self._kwargs, num_group=1, num_filter=self._channels // groups)
+        inputs = F.split(x, num_outputs=groups, axis=1)
+        weights = F.split(weight, num_outputs=groups, axis=0)
+        biases = F.split(bias, num_outputs=groups, axis=0) if bias is not None else None
+        outputs = [F.Convolution(inputs[g], weights[g], *([] if bias is None else [biases[g]]),
+                                 **kwargs) for g in range(groups)]
+        return F.concat(*outputs, dim=1)
 
 
 def attention_channels(in_channels: int, radix: int, reduction: int = 4, minimum: int = 32) -> int:
@@ -99,6 +152,8 @@ class SplitAttentionConv(nn.HybridBlock):
         Extra keyword arguments for the BatchNorm layers.
     attention_product : str
         How the weights multiply the splits (:data:`ATTENTION_PRODUCTS`): the same result.
+    grouped_conv : str
+        How the grouped convolution runs (:data:`GROUPED_CONVS`): the same result.
 
     Notes
     -----
@@ -108,7 +163,8 @@ class SplitAttentionConv(nn.HybridBlock):
 
     def __init__(self, channels, kernel_size=3, strides=1, padding=1, dilation=1,
                  cardinality=1, radix=2, in_channels=0, attention_dropout=0.0,
-                 norm_kwargs=None, attention_product="batch_dot", **kwargs):
+                 norm_kwargs=None, attention_product="batch_dot", grouped_conv="split-narrow",
+                 **kwargs):
         super().__init__(**kwargs)
         if radix < 1:
             raise ValueError(f"radix must be >= 1 for split attention, got {radix}")
@@ -123,9 +179,9 @@ class SplitAttentionConv(nn.HybridBlock):
         inter_channels = attention_channels(in_channels, radix)
         # No name_scope: children are named in the enclosing scope, like the published
         # blocks, so prefixed weight files (resnest_layers1_conv1_weight, ...) match.
-        self.conv = nn.Conv2D(channels * radix, kernel_size, strides, padding, dilation,
-                              groups=cardinality * radix, use_bias=False,
-                              in_channels=in_channels)
+        self.conv = GroupedConv2D(channels * radix, kernel_size, strides, padding, dilation,
+                                  groups=cardinality * radix, use_bias=False,
+                                  in_channels=in_channels, grouped_conv=grouped_conv)
         self.bn = nn.BatchNorm(in_channels=channels * radix, **norm_kwargs)
         self.fc1 = nn.Conv2D(inter_channels, 1, in_channels=channels, groups=cardinality)
         self.bn1 = nn.BatchNorm(in_channels=inter_channels, **norm_kwargs)

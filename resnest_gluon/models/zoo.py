@@ -128,7 +128,8 @@ def get_spec(name: str) -> ModelSpec:
 _ARCH_OVERRIDES = {"layers", "radix", "cardinality", "bottleneck_width", "stem_width",
                    "deep_stem", "avg_down", "avd", "avd_first", "final_drop", "output_stride",
                    "last_gamma", "attention_dropout", "in_channels", "norm_kwargs", "prefix",
-                   "params", "attention_product", "features_only", "out_indices"}
+                   "params", "attention_product", "grouped_conv", "features_only",
+                   "out_indices"}
 
 
 def get_model(name: str, classes: int = 1000, pretrained: Optional[str] = None,

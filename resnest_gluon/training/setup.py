@@ -29,7 +29,7 @@ from ..data import (
 from ..errors import reason_of
 from ..models import EvalSettings, get_model, get_spec, resolve_eval_settings
 from ..models.convert import load_weights
-from ..models.splat import attention_product_for
+from ..models.splat import attention_product_for, grouped_conv_for
 from .checkpoint import CheckpointManager, checkpoint_differences
 from .devices import default_context
 from .ema import ParameterEMA
@@ -47,13 +47,16 @@ log = logging.getLogger(__name__)
 
 def build_network(config: cfg.Config, classes: Optional[int] = None, device_type: str = "cpu"):
     """The configured zoo network for a ``device_type`` device (DropBlock starts at 0; the
-    loop schedules it). ``model.attention_product=auto`` picks the product for the device."""
+    loop schedules it). ``model.attention_product=auto`` and ``model.grouped_conv=auto`` pick
+    the implementation for the device (the same network and results either way)."""
     overrides = dict(config.model.overrides)
     if config.model.final_drop is not None:
         overrides["final_drop"] = config.model.final_drop
     product = config.model.attention_product
     overrides["attention_product"] = (attention_product_for(device_type) if product == "auto"
                                       else product)
+    grouped = config.model.grouped_conv
+    overrides["grouped_conv"] = grouped_conv_for(device_type) if grouped == "auto" else grouped
     try:
         return get_model(config.model.name, classes=classes or config.data.num_classes,
                          last_gamma=config.model.last_gamma, **overrides)
