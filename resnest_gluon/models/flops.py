@@ -59,13 +59,20 @@ def count_flops(net, size: int = 224, in_channels: int = 3) -> int:
     arg_shapes, _, _ = internals.infer_shape(**shapes)
     arg_shape_of = dict(zip(internals.list_arguments(), arg_shapes))
     nodes = json.loads(sym.tojson())["nodes"]
+
+    def entry_shape(node_id, index):
+        # a variable, or an output of an operator (a weight split per group is one)
+        name = nodes[node_id]["name"]
+        if nodes[node_id]["op"] == "null":
+            return arg_shape_of[name]
+        return shape_of.get(f"{name}_output", shape_of.get(f"{name}_output{index}"))
+
     total = 0
     for node in nodes:
         if node["op"] not in ("Convolution", "FullyConnected"):
             continue
         out_shape = shape_of[node["name"] + "_output"]
-        weight = nodes[node["inputs"][1][0]]["name"]
-        w_shape = arg_shape_of[weight]
+        w_shape = entry_shape(*node["inputs"][1][:2])
         if node["op"] == "Convolution":
             # weight: (out, in / groups, kh, kw): each output element costs in/groups*kh*kw.
             total += int(np.prod(out_shape)) * int(np.prod(w_shape[1:]))
