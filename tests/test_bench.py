@@ -60,7 +60,8 @@ def test_timm_is_left_out_with_a_warning_without_torch(tmp_path):
 
 def test_unknown_peer_or_model_is_one_line():
     for args, expected in ((["--against", "authors,pytorch"], "unknown implementation(s) "
-                            "pytorch"), (["resnest51"], "unknown model 'resnest51'")):
+                            "pytorch"), (["resnest51"], "unknown model 'resnest51'"),
+                           (["--rounds", "0"], "--rounds: must be a whole number >= 1")):
         done = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
                               cwd=ROOT, timeout=300)
         assert done.returncode != 0

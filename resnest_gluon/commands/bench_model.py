@@ -514,8 +514,9 @@ def _usable_peers(peers, torch_python):
     if "timm" in peers:
         reason = timm_unavailable(torch_python or sys.executable)
         if reason:
-            log.warning("timm left out: %s cannot import torch and timm (%s); pass "
-                        "--torch-python", torch_python or sys.executable, reason)
+            log.warning("timm left out: %s cannot import torch and timm (%s); give "
+                        "--torch-python an interpreter that can", torch_python or sys.executable,
+                        reason)
             return [peer for peer in peers if peer != "timm"]
     return peers
 
@@ -532,6 +533,16 @@ def _profiles(names, peers, batch, size, threads):
     return "\n\n".join(tables)
 
 
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 @command("bench-model")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].split(": ", 1)[1])
@@ -544,14 +555,14 @@ def main(argv=None) -> int:
     parser.add_argument("--torch-python", default=None, metavar="PYTHON",
                         help="interpreter with torch and timm for the timm measurements "
                              "(default: this one)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=5,
+    parser.add_argument("--batch-size", type=_positive, default=32)
+    parser.add_argument("--size", type=_positive, default=224)
+    parser.add_argument("--repeats", type=_positive, default=5,
                         help="timed iterations per measurement (median; 2 warm-up excluded)")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=_positive, default=3,
                         help="fresh processes per cell, the implementations interleaved; the "
                              "table shows the median (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=_positive, default=None,
                         help="OpenMP threads of every implementation (default: all cores)")
     parser.add_argument("--flop-reference", default=FLOP_REFERENCE, metavar="MODEL",
                         help="plain network measured alongside (ours) to read the FLOP rates "
