@@ -194,15 +194,19 @@ def test_only_groups_off_the_onednn_block_are_split():
         GroupedConv2D(64, 3, groups=8, in_channels=80, grouped_conv="loop")
 
 
+def _values_of(net, block_class, attribute):
+    """The set of ``attribute`` over the blocks of ``net`` of ``block_class``."""
+    found = set()
+    net.apply(lambda b: found.add(getattr(b, attribute)) if isinstance(b, block_class) else None)
+    return found
+
+
 def test_auto_picks_the_product_for_the_device():
     from resnest_gluon.config import load_config
     from resnest_gluon.training.setup import build_network
 
     def products(net):
-        found = set()
-        net.apply(lambda b: found.add(b.attention_product)
-                  if isinstance(b, SplitAttentionConv) else None)
-        return found
+        return _values_of(net, SplitAttentionConv, "attention_product")
 
     config = load_config(None, ["model.name=resnest14", "data.num_classes=10"])
     assert products(build_network(config, device_type="cpu")) == {"batch_dot"}
@@ -219,9 +223,7 @@ def test_auto_picks_the_grouped_convolution_for_the_device():
     from resnest_gluon.training.setup import build_network
 
     def splits(net):
-        found = set()
-        net.apply(lambda b: found.add(b.split_groups) if isinstance(b, GroupedConv2D) else None)
-        return found
+        return _values_of(net, GroupedConv2D, "split_groups")
 
     config = load_config(None, ["model.name=resnest50_fast_4s2x40d", "data.num_classes=10"])
     assert splits(build_network(config, device_type="cpu")) == {True, False}  # 10..80 wide

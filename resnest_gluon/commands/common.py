@@ -5,7 +5,7 @@ import argparse
 from ..config import load_config
 from ..data.transforms import INTERPOLATIONS
 from ..models import EvalSettings, get_model, resolve_eval_settings
-from ..models.splat import attention_product_for, grouped_conv_for
+from ..models.splat import implementations_for
 from ..training.setup import build_network, eval_settings
 from .cli import positive_int
 
@@ -64,8 +64,7 @@ def load_network(args, ctx):
     classes = args.num_classes or (config.data.num_classes if config else 1000)
     net = (build_network(config, classes, ctx.device_type) if config else
            get_model(args.model, classes=classes,
-                     attention_product=attention_product_for(ctx.device_type),
-                     grouped_conv=grouped_conv_for(ctx.device_type)))
+                     **implementations_for(ctx.device_type)))
     if args.params:
         from ..models.convert import load_weights
         load_weights(net, args.params, ctx=ctx)

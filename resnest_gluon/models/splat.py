@@ -19,7 +19,8 @@ from .dropblock import SeededDropout
 from .precision import narrowest
 
 __all__ = ["SplitAttentionConv", "attention_channels", "ATTENTION_PRODUCTS",
-           "attention_product_for", "GROUPED_CONVS", "grouped_conv_for", "GroupedConv2D"]
+           "attention_product_for", "GROUPED_CONVS", "grouped_conv_for", "GroupedConv2D",
+           "implementations_for"]
 
 # How the attention weights multiply the splits: the same numbers, two kernels. batch_dot is
 # the fast one on CPUs (oneDNN, docs/benchmarks.md); broadcast_mul avoids cuBLAS batched GEMMs
@@ -48,6 +49,16 @@ def grouped_conv_for(device_type: str) -> str:
     """The default grouped convolution for a device type: split-narrow on ``cpu``, single on
     ``gpu``."""
     return "split-narrow" if device_type == "cpu" else "single"
+
+
+def implementations_for(device_type: str, attention_product: str = "auto",
+                        grouped_conv: str = "auto") -> dict:
+    """The network arguments choosing how split attention and grouped convolutions run on a
+    ``device_type`` device; "auto" takes the device's default, anything else is kept."""
+    return {"attention_product": (attention_product_for(device_type)
+                                  if attention_product == "auto" else attention_product),
+            "grouped_conv": grouped_conv_for(device_type) if grouped_conv == "auto"
+            else grouped_conv}
 
 
 class GroupedConv2D(nn.Conv2D):

@@ -29,7 +29,7 @@ from ..data import (
 from ..errors import reason_of
 from ..models import EvalSettings, get_model, get_spec, resolve_eval_settings
 from ..models.convert import load_weights
-from ..models.splat import attention_product_for, grouped_conv_for
+from ..models.splat import implementations_for
 from .checkpoint import CheckpointManager, checkpoint_differences
 from .devices import default_context
 from .ema import ParameterEMA
@@ -52,11 +52,8 @@ def build_network(config: cfg.Config, classes: Optional[int] = None, device_type
     overrides = dict(config.model.overrides)
     if config.model.final_drop is not None:
         overrides["final_drop"] = config.model.final_drop
-    product = config.model.attention_product
-    overrides["attention_product"] = (attention_product_for(device_type) if product == "auto"
-                                      else product)
-    grouped = config.model.grouped_conv
-    overrides["grouped_conv"] = grouped_conv_for(device_type) if grouped == "auto" else grouped
+    overrides.update(implementations_for(device_type, config.model.attention_product,
+                                         config.model.grouped_conv))
     try:
         return get_model(config.model.name, classes=classes or config.data.num_classes,
                          last_gamma=config.model.last_gamma, **overrides)
