@@ -210,14 +210,20 @@ def profile_operators(impl, name, mode, batch, size, steps=3, warmup=2):
     return {"ops": ops, "step_ms": step_ms}
 
 
+def _last_line(command, env, what):
+    """The last line ``command`` prints (every child here ends with its result); its stderr in
+    a RuntimeError naming ``what`` if it fails."""
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
 def sgemm_in_subprocess(threads):
     """:func:`sgemm_gflops` with ``threads`` OpenMP threads (MXNet reads them at start)."""
-    done = subprocess.run([sys.executable, "-c", "from resnest_gluon.commands.bench_model "
-                           "import sgemm_gflops; print(sgemm_gflops())"], capture_output=True,
-                          text=True, env=thread_environment(threads))
-    if done.returncode != 0:
-        raise RuntimeError(f"sgemm measurement failed:\n{done.stderr[-2000:]}")
-    return float(done.stdout.strip().splitlines()[-1])
+    return float(_last_line([sys.executable, "-c", "from resnest_gluon.commands.bench_model "
+                             "import sgemm_gflops; print(sgemm_gflops())"],
+                            thread_environment(threads), "sgemm measurement"))
 
 
 def thread_environment(threads):
@@ -225,15 +231,19 @@ def thread_environment(threads):
     return dict(os.environ, OMP_NUM_THREADS=str(threads))
 
 
-def timm_unavailable(python):
-    """Why ``python`` cannot measure timm (its last error line), or None when it can."""
+def timm_versions(python):
+    """``("timm X, torch Y", None)`` when ``python`` can measure timm, else ``(None, why)``
+    (its last error line)."""
     try:
-        done = subprocess.run([python, "-c", "import torch, timm"], capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run([python, "-c", "import torch, timm; print(f'timm "
+                               "{timm.__version__}, torch {torch.__version__}')"],
+                              capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as error:
-        return str(error)
+        return None, str(error)
+    if done.returncode == 0:
+        return done.stdout.strip(), None
     lines = done.stderr.strip().splitlines()
-    return None if done.returncode == 0 else (lines[-1] if lines else f"exit {done.returncode}")
+    return None, lines[-1] if lines else f"exit {done.returncode}"
 
 
 def _measure_command(impl, name, mode, batch, size, repeats, overrides, logits_file,
@@ -254,16 +264,16 @@ def measure_in_subprocess(impl, name, mode, batch, size, repeats, overrides=None
     ``impl="timm"`` runs ``timm_measure.py`` with ``torch_python`` (default: this
     interpreter); ``threads`` (default: all cores) sets OMP_NUM_THREADS for either.
     """
+    threads = threads or os.cpu_count()
     command = _measure_command(impl, name, mode, batch, size, repeats, overrides, logits_file,
-                               torch_python, threads or os.cpu_count())
-    done = subprocess.run(command, capture_output=True, text=True,
-                          env=thread_environment(threads or os.cpu_count()))
-    if done.returncode != 0:
-        raise RuntimeError(f"benchmark of {name} ({impl}, {mode}) failed:\n"
-                           f"{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+                               torch_python, threads)
+    return json.loads(_last_line(command, thread_environment(threads),
+                                 f"benchmark of {name} ({impl}, {mode})"))
 
 
+# Forward passes' worth of FLOPs in a step: a training step costs about 3 (forward, and the
+# backward pass's two products per layer).
+FORWARDS_PER_STEP = {"infer": 1, "train": 3}
 # MXNet's names of the convolutions (the fused graph's included), forward and backward.
 CONVOLUTION_OPS = ("Convolution", "_backward_Convolution", "_sg_mkldnn_conv")
 
@@ -274,16 +284,13 @@ def profile_in_subprocess(impl, name, mode, batch, size, threads=None):
                MXNET_EXEC_BULK_EXEC_INFERENCE="0", MXNET_EXEC_BULK_EXEC_TRAIN="0")
     command = [sys.executable, "-m", "resnest_gluon.commands.bench_model", "--measure", impl,
                mode, name, "--batch-size", str(batch), "--size", str(size), "--profile"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"profile of {name} ({impl}, {mode}) failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(_last_line(command, env, f"profile of {name} ({impl}, {mode})"))
 
 
 def _convolution_ceiling(profile, batch, flops, mode):
     """Convolution ms per step, their GFLOP/s, and the img/s with every other op free."""
     conv_ms = sum(ms for op, ms in profile["ops"].items() if op in CONVOLUTION_OPS)
-    work = flops * batch * (3 if mode == "train" else 1)
+    work = flops * batch * FORWARDS_PER_STEP[mode]
     return conv_ms, work / conv_ms / 1e6, batch / conv_ms * 1e3
 
 
@@ -338,18 +345,15 @@ def measurement_plan(names, against, serving=False, flop_reference=FLOP_REFERENC
     return plan
 
 
-def _versions(torch_python):
-    """Versions of the peers, for the table's labels."""
-    versions = {}
+def _versions(timm_version):
+    """Versions of the peers, for the table's labels (timm's as :func:`timm_versions` read
+    it)."""
+    versions = {"timm": timm_version or "?"}
     for impl, package in (("authors", "resnest"), ("gluoncv", "gluoncv")):
         try:
             versions[impl] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[impl] = "?"
-    done = subprocess.run([torch_python or sys.executable, "-c", "import timm, torch; "
-                           "print(f'timm {timm.__version__}, torch {torch.__version__}')"],
-                          capture_output=True, text=True)
-    versions["timm"] = done.stdout.strip() or "?"
     return versions
 
 
@@ -367,10 +371,9 @@ def _summarize(name, samples, flops, peak, logits):
             if (name, mode) in logits:
                 row[f"ours_{mode}_diff"] = float(np.abs(logits[name, mode] - reference).max())
     for impl in ("ours",) + PEERS:
-        # training costs about 3x the forward pass
-        for mode, factor in (("infer", 1), ("train", 3)):
+        for mode, forwards in FORWARDS_PER_STEP.items():
             if f"{impl}_{mode}" in row:
-                row[f"{impl}_{mode}_gflops"] = row[f"{impl}_{mode}"] * factor * flops / 1e9
+                row[f"{impl}_{mode}_gflops"] = row[f"{impl}_{mode}"] * forwards * flops / 1e9
     return row
 
 
@@ -404,8 +407,7 @@ def run(names, against=("authors", "gluoncv"), batch=32, size=224, repeats=5, ro
                     logits[name, mode] = np.load(logits_file)
                 log.info("round %d/%d %s %s %s: %.2f img/s, peak %.0f MB", round_index + 1,
                          rounds, name, impl, mode, result["img_per_s"], result["peak_mb"])
-    models = list(names) + ([flop_reference] if flop_reference and flop_reference not in names
-                            else [])
+    models = list(dict.fromkeys(name for name, _, _ in plan))    # names, then the reference
     return [_summarize(name, samples, 2 * count_flops(get_model(name), size), peak, logits)
             for name in models]
 
@@ -510,15 +512,17 @@ def _parse_against(text):
 
 
 def _usable_peers(peers, torch_python):
-    """``peers`` without timm when no interpreter with torch and timm is at hand (logged)."""
-    if "timm" in peers:
-        reason = timm_unavailable(torch_python or sys.executable)
-        if reason:
-            log.warning("timm left out: %s cannot import torch and timm (%s); give "
-                        "--torch-python an interpreter that can", torch_python or sys.executable,
-                        reason)
-            return [peer for peer in peers if peer != "timm"]
-    return peers
+    """``peers`` without timm when no interpreter with torch and timm is at hand (logged), and
+    timm's version where it is."""
+    if "timm" not in peers:
+        return peers, None
+    version, reason = timm_versions(torch_python or sys.executable)
+    if reason:
+        log.warning("timm left out: %s cannot import torch and timm (%s); give "
+                    "--torch-python an interpreter that can", torch_python or sys.executable,
+                    reason)
+        return [peer for peer in peers if peer != "timm"], None
+    return peers, version
 
 def _profiles(names, peers, batch, size, threads):
     from ..models import count_flops, get_model
@@ -600,10 +604,10 @@ def main(argv=None) -> int:
         print(_profiles(args.models, [p for p in peers if p != "timm"], args.batch_size,
                         args.size, args.threads))
         return 0
-    peers = _usable_peers(peers, args.torch_python)
+    peers, timm_version = _usable_peers(peers, args.torch_python)
     rows = run(args.models, peers, args.batch_size, args.size, args.repeats, args.rounds,
                args.serving, args.flop_reference, args.torch_python, args.threads)
-    print(format_table(rows, args.batch_size, args.size, _versions(args.torch_python),
+    print(format_table(rows, args.batch_size, args.size, _versions(timm_version),
                        args.rounds, args.repeats, args.threads, args.flop_reference))
     return 0
 
