@@ -77,6 +77,7 @@ env: $(DEPS_STAMP) $(PEERS_STAMP)
 	  $(VPY) -m pip install --quiet --no-deps --no-build-isolation -e . && \
 	  echo "$(CURDIR)" > $(VENV)/.source-dir; \
 	fi
+	@$(VPY) -m resnest_gluon.models.extension 2>&1 | tail -1 || true
 
 demo: env
 	PATH=$(VENV)/bin:$$PATH $(VPY) scripts/demo.py --fresh

@@ -38,7 +38,8 @@ class ModelConfig:
     # timm's) or .safetensors; a classifier for other classes is replaced by a new one
     pretrained: str = ""
     freeze: int = -1        # frozen for fine-tuning: -1 nothing, 0 the stem, k stem + stages 1..k
-    attention_product: str = "auto"   # split attention: batch_dot, broadcast_mul, or auto
+    # split attention: radix_sum (compiled, CPU float32), batch_dot, broadcast_mul, or auto
+    attention_product: str = "auto"
     grouped_conv: str = "auto"        # grouped 3x3 convolutions: single, split-narrow, or auto
     overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -91,7 +91,10 @@ def test_operator_profile_names_the_convolutions_and_the_ceiling():
     rows = {_cells(line)[0]: _cells(line)[1:] for line in done.stdout.splitlines()
             if line.startswith("| ")}
     assert float(rows["Convolution"][0]) > 0 and float(rows["_backward_Convolution"][2]) > 0
-    assert rows["batch_dot"][0] and not rows["batch_dot"][1]       # ours only
+    # ours only: the compiled split-attention operator, instead of MXNet's batch_dot
+    assert rows["resnest_radix_sum"][0] and not rows["resnest_radix_sum"][1]
+    assert rows["_backward_resnest_radix_sum"][2] and not rows["_backward_resnest_radix_sum"][3]
+    assert "batch_dot" not in rows
     for mode in ("infer", "train"):
         assert re.search(rf"- {mode}: our convolutions take \d+ ms \(\d+% of the step\) at "
                          rf"\d+ GFLOP/s; with every other operator free, ours would run at "

@@ -155,7 +155,7 @@ def _assert_same(a, b):
 
 
 @pytest.mark.parametrize("radix,cardinality", [(1, 1), (2, 1), (4, 1), (2, 2)])
-def test_both_attention_products_compute_the_same_values_and_gradients(radix, cardinality):
+def test_every_attention_product_computes_the_same_values_and_gradients(radix, cardinality):
     rng = np.random.RandomState(7 + radix)
     channels = 16 * cardinality
     x = mx.nd.array(rng.normal(size=(2, channels, 5, 6)).astype("float32"))
@@ -163,7 +163,8 @@ def test_both_attention_products_compute_the_same_values_and_gradients(radix, ca
                                       radix=radix, in_channels=channels,
                                       attention_product=product)[1]
                for product in ATTENTION_PRODUCTS]
-    _assert_same(*results)
+    for other in results[1:]:
+        _assert_same(results[0], other)
 
 
 @pytest.mark.parametrize("radix,cardinality,channels", [(2, 2, 40), (4, 1, 24), (1, 4, 24)])
@@ -201,18 +202,25 @@ def _values_of(net, block_class, attribute):
     return found
 
 
-def test_auto_picks_the_product_for_the_device():
+def test_auto_picks_the_product_for_the_device_dtype_and_export():
     from resnest_gluon.config import load_config
     from resnest_gluon.training.setup import build_network
 
-    def products(net):
-        return _values_of(net, SplitAttentionConv, "attention_product")
+    def products(config, **kwargs):
+        return _values_of(build_network(config, **kwargs), SplitAttentionConv,
+                          "attention_product")
 
     config = load_config(None, ["model.name=resnest14", "data.num_classes=10"])
-    assert products(build_network(config, device_type="cpu")) == {"batch_dot"}
-    assert products(build_network(config, device_type="gpu")) == {"broadcast_mul"}
+    assert products(config, device_type="cpu") == {"radix_sum"}
+    assert products(config, device_type="cpu", portable=True) == {"batch_dot"}
+    assert products(config, device_type="gpu") == {"broadcast_mul"}
+    config.train.dtype = "bfloat16"      # AMP's bfloat16 reaches the operator: float32 only
+    assert products(config, device_type="cpu") == {"batch_dot"}
+    config.train.dtype = "float32"
     config.model.attention_product = "broadcast_mul"
-    assert products(build_network(config, device_type="cpu")) == {"broadcast_mul"}
+    assert products(config, device_type="cpu") == {"broadcast_mul"}
+    config.model.attention_product = "radix_sum"
+    assert products(config, device_type="cpu", portable=True) == {"batch_dot"}
     config.model.attention_product = "einsum"
     with pytest.raises(ValueError, match="attention_product must be one of"):
         build_network(config)

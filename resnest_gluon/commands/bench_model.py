@@ -57,15 +57,21 @@ def sgemm_gflops(n=2048, repeats=5):
     return 2 * n ** 3 / best / 1e9
 
 
-def build(impl, name, classes=1000, overrides=None):
+def build(impl, name, classes=1000, overrides=None, mode="infer"):
     """Our network, or the authors' or gluoncv's ResNeSt class with the same spec.
 
     ``overrides`` changes architecture fields of the zoo spec (``radix``, ``cardinality``,
-    ``bottleneck_width``, ...), as ``model.overrides`` does in a config.
+    ``bottleneck_width``, ...), as ``model.overrides`` does in a config. Ours runs what the
+    trainer and ``verify.py`` build on this CPU for ``mode`` (the compiled split-attention
+    operator in float32; MXNet's own operators in bfloat16 and in exported graphs).
     """
     if impl == "ours":
         from ..models import get_model
-        return get_model(name, classes=classes, **dict(overrides or {}))
+        from ..models.splat import implementations_for
+        choice = implementations_for("cpu", dtype="bfloat16" if mode.endswith("bf16")
+                                     else "float32",
+                                     portable=mode in ("export-fused", "onnxruntime"))
+        return get_model(name, classes=classes, **{**choice, **dict(overrides or {})})
     if impl == "authors":
         return authors_twin(name, classes, overrides)
     return gluoncv_twin(name, classes, overrides)
@@ -87,17 +93,18 @@ _SERVING_LABELS = {
 }
 
 
-def _seeded_network(impl, name, overrides):
+def _seeded_network(impl, name, overrides, mode):
     """The network with seeded weights and non-trivial BatchNorm statistics (so that the
     serving paths' folding of BatchNorm is exercised when their logits are compared)."""
     mx.random.seed(0)
-    return randomize_batchnorm(build(impl, name, overrides=overrides), seed=0, magnitude=3.0)
+    return randomize_batchnorm(build(impl, name, overrides=overrides, mode=mode), seed=0,
+                               magnitude=3.0)
 
 
 def _inference_step(impl, name, mode, x, overrides, workdir):
     """A function running one inference batch on ``mode``'s path, and the logits on x."""
     from ..export import export_onnx, export_symbol, load_exported, onnx_session
-    net = _seeded_network(impl, name, overrides)
+    net = _seeded_network(impl, name, overrides, mode)
     if mode == "infer":
         net.hybridize(static_alloc=True, static_shape=True)
     elif mode == "infer-bf16":
@@ -125,7 +132,7 @@ def _training_step(impl, name, mode, x, y, overrides):
     if mode == "train-bf16":
         from mxnet.contrib import amp
         amp.init(target_dtype="bfloat16")
-    net = _seeded_network(impl, name, overrides)
+    net = _seeded_network(impl, name, overrides, mode)
     # static memory planning, like the trainer; AMP graphs are hybridized plainly there
     net.hybridize(**({} if mode == "train-bf16" else
                      {"static_alloc": True, "static_shape": True}))
@@ -298,7 +305,7 @@ def _possessive(word):
     return word + ("'" if word.endswith("s") else "'s")
 
 
-def format_profile(name, profiles, batch, flops, top=16):
+def format_profile(name, profiles, batch, flops, top=24):
     """Markdown: the ``top`` operators (ms per step) of every profiled (impl, mode), and what
     the convolutions alone would allow against each peer's measured step."""
     columns = sorted(profiles, key=lambda key: (MODES.index(key[1]), key[0] != "ours"))

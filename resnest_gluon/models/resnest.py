@@ -233,7 +233,8 @@ class ResNeSt(nn.HybridBlock):
     norm_kwargs : dict, optional
         Extra BatchNorm arguments (e.g. ``use_global_stats``).
     attention_product : str
-        How split attention multiplies its weights in (``batch_dot``, fastest on CPUs, or
+        How split attention weights and sums its splits (``radix_sum``, the compiled CPU
+        operator, fastest in float32; ``batch_dot``, MXNet's fastest on CPUs; or
         ``broadcast_mul``, for GPUs); the same network and results either way.
     grouped_conv : str
         How grouped 3x3 convolutions run (``split-narrow``, fastest on CPUs, or ``single``,

@@ -15,24 +15,35 @@ channels permuted (``tests/test_splat.py`` checks it against a naive NumPy versi
 """
 from mxnet.gluon import nn
 
+from . import extension
 from .dropblock import SeededDropout
 from .precision import narrowest
 
 __all__ = ["SplitAttentionConv", "attention_channels", "ATTENTION_PRODUCTS",
-           "attention_product_for", "GROUPED_CONVS", "grouped_conv_for", "GroupedConv2D",
-           "implementations_for"]
+           "attention_product_for", "PORTABLE_PRODUCT", "GROUPED_CONVS", "grouped_conv_for",
+           "GroupedConv2D", "implementations_for"]
 
-# How the attention weights multiply the splits: the same numbers, two kernels. batch_dot is
-# the fast one on CPUs (oneDNN, docs/benchmarks.md); broadcast_mul avoids cuBLAS batched GEMMs
-# of ~10^5 tiny (1 x 1) @ (1 x HW) matrices on GPUs and keeps float16 activations float16
-# under AMP (batch_dot meets the float32 softmax as a widest-type op).
-ATTENTION_PRODUCTS = ("batch_dot", "broadcast_mul")
+# How the attention weights multiply the splits and the splits are summed: the same numbers,
+# three kernels. radix_sum is the project's compiled CPU operator (models/extension.py): one
+# sweep over x instead of a product, a split and a sum (docs/benchmarks.md); float32 only, and
+# not in exported graphs, which must load anywhere. batch_dot is the fastest of MXNet's own
+# operators on CPUs (oneDNN). broadcast_mul avoids cuBLAS batched GEMMs of ~10^5 tiny
+# (1 x 1) @ (1 x HW) matrices on GPUs and keeps float16 activations float16 under AMP
+# (batch_dot meets the float32 softmax as a widest-type op).
+ATTENTION_PRODUCTS = ("batch_dot", "broadcast_mul", "radix_sum")
+PORTABLE_PRODUCT = "batch_dot"
 
 
-def attention_product_for(device_type: str) -> str:
-    """The default product for a device type: batch_dot on ``cpu``, broadcast_mul on ``gpu``
-    (until the GPU check script measures otherwise)."""
-    return "batch_dot" if device_type == "cpu" else "broadcast_mul"
+def attention_product_for(device_type: str, dtype: str = "float32",
+                          portable: bool = False) -> str:
+    """The default product for a device type: radix_sum on ``cpu`` in float32 where the
+    compiled operator builds (else batch_dot), broadcast_mul on ``gpu``. ``portable``: only
+    MXNet's own operators (exported graphs)."""
+    if device_type != "cpu":
+        return "broadcast_mul"
+    if dtype == "float32" and not portable and extension.radix_sum_available():
+        return "radix_sum"
+    return PORTABLE_PRODUCT
 
 
 # How a grouped convolution runs: the same parameters and results, two graphs. "single" is one
@@ -52,11 +63,17 @@ def grouped_conv_for(device_type: str) -> str:
 
 
 def implementations_for(device_type: str, attention_product: str = "auto",
-                        grouped_conv: str = "auto") -> dict:
+                        grouped_conv: str = "auto", dtype: str = "float32",
+                        portable: bool = False) -> dict:
     """The network arguments choosing how split attention and grouped convolutions run on a
-    ``device_type`` device; "auto" takes the device's default, anything else is kept."""
-    return {"attention_product": (attention_product_for(device_type)
-                                  if attention_product == "auto" else attention_product),
+    ``device_type`` device computing in ``dtype``; "auto" takes the device's default, anything
+    else is kept, except that ``portable`` (a graph to export) replaces the compiled
+    operator by MXNet's own."""
+    if attention_product == "auto":
+        attention_product = attention_product_for(device_type, dtype, portable)
+    elif portable and attention_product == "radix_sum":
+        attention_product = PORTABLE_PRODUCT
+    return {"attention_product": attention_product,
             "grouped_conv": grouped_conv_for(device_type) if grouped_conv == "auto"
             else grouped_conv}
 
@@ -182,6 +199,8 @@ class SplitAttentionConv(nn.HybridBlock):
         if attention_product not in ATTENTION_PRODUCTS:
             raise ValueError(f"attention_product must be one of {ATTENTION_PRODUCTS}, got "
                              f"{attention_product!r}")
+        if attention_product == "radix_sum":
+            extension.load_radix_sum()
         self.attention_product = attention_product
         norm_kwargs = norm_kwargs or {}
         self.radix = radix
@@ -203,33 +222,47 @@ class SplitAttentionConv(nn.HybridBlock):
     def hybrid_forward(self, F, x):
         x = F.Activation(self.bn(self.conv(x)), act_type="relu")
         radix, channels = self.radix, self.channels
-        # One (N*R*C, 1, HW) view of x serves both the context and the weighting, so x is
-        # never copied into splits (split copies would stay alive for the backward pass).
-        # Only the weighted result is split, for the sum.
-        # (two reshapes with codes 0/-1 only: the ONNX exporter cannot translate code -3)
-        rows = F.reshape(F.reshape(x, (0, 0, -1)), (-1, 1, 0))
+        # One (N, R*C, HW) plain-layout view of x serves both the context and the weighting
+        # (as (N*R*C, 1, HW) rows for batch_dot), so x is never copied into splits (split
+        # copies would stay alive for the backward pass). Only the weighted result is split,
+        # for the sum.
+        # (reshape codes 0/-1 only: the ONNX exporter cannot translate code -3)
+        planes = F.reshape(x, (0, 0, -1))
         # Context: the spatial mean of the sum of the splits = the sum over the splits of
         # their channel means (global pooling on the plain view: oneDNN kernel, exported as
         # GlobalAveragePool; the means are summed on the tiny (N, R, C) tensor).
-        means = F.Pooling(F.reshape_like(rows, x), kernel=(1, 1), global_pool=True,
+        means = F.Pooling(F.reshape_like(planes, x), kernel=(1, 1), global_pool=True,
                           pool_type="avg")
         context = F.reshape(F.sum(F.reshape(means, (0, radix, channels)), axis=1),
                             (0, 0, 1, 1))
-        att = F.Activation(self.bn1(self.fc1(context)), act_type="relu")
-        if self.drop is not None:
-            att = self.drop(att)
-        att = self.fc2(att)
+        weights = self._weights(F, context)
+        if self.attention_product == "radix_sum":
+            # (its gradient needs no _plain_layout_gradient: the operator reads it once, and
+            # the extension API's own conversion costs less time and memory than the copy)
+            summed = getattr(F, extension.RADIX_SUM_OP)(planes, weights, radix=radix)
+            return F.reshape_like(summed, x, lhs_begin=2, lhs_end=3, rhs_begin=2, rhs_end=4)
+        weighted = _scale_rows(F, F.reshape(planes, (-1, 1, 0)), weights, x,
+                               self.attention_product)
         if radix == 1:
-            return _scale_rows(F, rows, F.sigmoid(att), x, self.attention_product)
-        # logits are [k][r][c]; softmax over r, then lay them out radix-major [r][k][c], the
-        # order of x's channels.
-        att = F.reshape(att, (0, self.cardinality, radix, -1))
-        att = F.swapaxes(F.softmax(att, axis=2), 1, 2)
-        weighted = _scale_rows(F, rows, att, x, self.attention_product)
+            return weighted
         # split + add_n, not a sum over a radix axis: MXNet's CPU reduction over a middle
         # axis is several times slower than these copies (docs/benchmarks.md).
         summed = F.add_n(*F.split(weighted, num_outputs=radix, axis=1))
         return _plain_layout_gradient(F, summed)
+
+    def _weights(self, F, context):
+        """The attention weights from the (N, C, 1, 1) context, radix-major like x's
+        channels: a softmax over the splits (a sigmoid gate when ``radix == 1``)."""
+        att = F.Activation(self.bn1(self.fc1(context)), act_type="relu")
+        if self.drop is not None:
+            att = self.drop(att)
+        att = self.fc2(att)
+        if self.radix == 1:
+            return F.sigmoid(att)
+        # logits are [k][r][c]; softmax over r, then lay them out radix-major [r][k][c], the
+        # order of x's channels.
+        att = F.reshape(att, (0, self.cardinality, self.radix, -1))
+        return F.swapaxes(F.softmax(att, axis=2), 1, 2)
 
     def __repr__(self):
         return (f"{self.__class__.__name__}(channels={self.channels}, radix={self.radix}, "

@@ -1,0 +1,91 @@
+"""The compiled split-attention operator: how it is built, shared and replaced.
+
+``resnest_radix_sum`` (resnest_gluon/models/csrc/radix_sum.cc) is compiled against the
+installed MXNet on first use and cached. Its values and gradients are checked against MXNet's
+own formulations in tests/test_splat.py; here: concurrent first builds, a machine without a
+compiler, and the command that builds it ahead. Each case runs in a fresh interpreter with
+its own cache folder, since a process loads the library once.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+_USE = textwrap.dedent("""
+    import logging, sys
+    import mxnet as mx
+    from mxnet import autograd
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    from resnest_gluon.models.splat import SplitAttentionConv, implementations_for
+    choice = implementations_for("cpu")["attention_product"]
+    block = SplitAttentionConv(8, radix=2, in_channels=16, attention_product=choice)
+    block.initialize()
+    block.hybridize(static_alloc=True)
+    x = mx.nd.random.uniform(shape=(2, 16, 6, 5))
+    x.attach_grad()
+    with autograd.record():
+        y = block(x)
+    y.backward()
+    mx.nd.waitall()
+    print("product", choice, y.shape, float(x.grad.abs().sum().asscalar()) > 0)
+""")
+
+
+def _run(code, cache, env_extra=None, args=()):
+    env = dict(os.environ, RESNEST_GLUON_EXTENSIONS=str(cache), **(env_extra or {}))
+    return subprocess.Popen([sys.executable, *(["-c", code] if code else []), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process):
+    out, err = process.communicate(timeout=600)
+    return process.returncode, out, err
+
+
+def test_two_processes_building_at_once_share_one_library(tmp_path):
+    started = [_run(_USE, tmp_path) for _ in range(2)]
+    for code, out, err in map(_finish, started):
+        assert code == 0, err[-2000:]
+        assert "product radix_sum (2, 8, 6, 5) True" in out
+        assert "WARNING" not in err
+    names = sorted(os.listdir(tmp_path))
+    assert [n for n in names if n.endswith(".so")] == [n for n in names
+                                                       if n.startswith("libresnest_ops-")
+                                                       and n.endswith(".so")]
+    assert len([n for n in names if n.endswith(".so")]) == 1, names   # no partial builds
+
+
+def test_without_a_compiler_split_attention_falls_back_with_one_warning(tmp_path):
+    code, out, err = _finish(_run(_USE, tmp_path, {"CXX": "/nonexistent/c++"}))
+    assert code == 0, err[-2000:]
+    assert "product batch_dot (2, 8, 6, 5) True" in out
+    warnings = [line for line in err.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "uses MXNet's batch_dot" in warnings[0]
+    assert "compiling radix_sum.cc failed" in warnings[0]
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".so")]
+
+
+def test_asking_for_the_compiled_operator_without_a_compiler_is_one_clear_error(tmp_path):
+    code = textwrap.dedent("""
+        from resnest_gluon.models import get_model
+        from resnest_gluon.models.extension import ExtensionError
+        try:
+            get_model("resnest14", attention_product="radix_sum")
+        except ExtensionError as err:
+            print("error:", err)
+    """)
+    status, out, err = _finish(_run(code, tmp_path, {"CXX": "false"}))
+    assert status == 0, err[-2000:]
+    assert out.startswith("error: compiling radix_sum.cc failed") and out.count("\n") == 1
+
+
+@pytest.mark.parametrize("compiler,status", [(None, 0), ("/nonexistent/c++", 1)])
+def test_the_build_command_reports_in_one_line(tmp_path, compiler, status):
+    env = {"CXX": compiler} if compiler else {}
+    code, out, err = _finish(_run(None, tmp_path, env,
+                                  ["-m", "resnest_gluon.models.extension"]))
+    assert code == status
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("split-attention operator ready: " if status == 0 else "error: ")
