@@ -3,8 +3,8 @@
 This module owns ``resnest_radix_sum`` (``csrc/radix_sum.cc``), split attention's weighted sum
 over its radix splits as one CPU operator, and the one way it reaches a process:
 :func:`load_radix_sum` compiles the source against the installed MXNet's extension API
-(``include/mxnet/lib_api.h`` and ``src/lib_api.cc``, shipped in the wheel) once per source,
-MXNet version and compiler, caches the library, and loads it with ``mx.library.load``.
+(``include/mxnet/lib_api.h`` and ``src/lib_api.cc``, shipped in the wheel) once per source
+and MXNet version, caches the library, and loads it with ``mx.library.load``.
 
 The cache lives in ``$RESNEST_GLUON_EXTENSIONS`` (default ``~/.cache/resnest_gluon/extensions``).
 Concurrent builders (the ranks of a job starting together, two jobs on one host) take a file
@@ -67,7 +67,9 @@ def _api_files(mxnet_dir: str):
 
 
 def library_path(cache_dir: str = None) -> str:
-    """Where the library for this source, MXNet and compiler is (or will be) cached."""
+    """Where the library for this source and MXNet is (or will be) cached. The compiler is
+    not part of the key: a library built on one machine loads on another with the same
+    MXNet, so nodes without a compiler can use a shared cache."""
     import mxnet
     mxnet_dir = _mxnet_dir()
     _, api_source = _api_files(mxnet_dir)
@@ -75,7 +77,7 @@ def library_path(cache_dir: str = None) -> str:
     for path in (_SOURCE, api_source):
         with open(path, "rb") as handle:
             digest.update(handle.read())
-    digest.update(" ".join([mxnet.__version__, *_compiler(), *_FLAGS]).encode())
+    digest.update(" ".join([mxnet.__version__, *_FLAGS]).encode())
     folder = cache_dir or os.environ.get("RESNEST_GLUON_EXTENSIONS") or os.path.join(
         os.path.expanduser("~"), ".cache", "resnest_gluon", "extensions")
     return os.path.join(folder, f"libresnest_ops-{digest.hexdigest()[:16]}.so")
@@ -88,7 +90,7 @@ def _compile(target: str) -> None:
                                        dir=os.path.dirname(target))
     os.close(handle)
     command = [*_compiler(), *_FLAGS, "-I", include, _SOURCE, api_source, "-o", partial]
-    log.info("compiling the split-attention operator (%s, once per MXNet and compiler)",
+    log.info("compiling the split-attention operator (%s, once per MXNet version)",
              os.path.basename(target))
     try:
         done = subprocess.run(command, capture_output=True, text=True,

@@ -12,6 +12,10 @@ convolutions with ``cardinality`` groups, so the second one produces its logits
 cardinality-major (``[k][r][c]``); they are transposed to radix-major before the softmax over
 the splits. This is the same computation as the paper's cardinality-major description, with the
 channels permuted (``tests/test_splat.py`` checks it against a naive NumPy version).
+
+The weighted sum over the splits has three implementations with the same results
+(:data:`ATTENTION_PRODUCTS`): the project's compiled CPU operator (:mod:`.extension`) and two
+formulations in MXNet's own operators, one for CPUs and exported graphs and one for GPUs.
 """
 from mxnet.gluon import nn
 
