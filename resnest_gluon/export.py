@@ -26,6 +26,7 @@ from .data.transforms import INTERPOLATIONS
 from .errors import UserError, reason_of
 from .models import EvalSettings
 from .models.dropblock import get_dropblock_prob, set_dropblock_prob
+from .models.fusion import fuse_for_cpu_inference, unfuse
 
 __all__ = ["ExportResult", "export_symbol", "export_onnx", "load_exported", "onnx_session",
            "write_export_metadata", "read_export_metadata", "metadata_path", "export_files",
@@ -99,12 +100,12 @@ def export_symbol(net, prefix: str, input_size: int = 224, batch_size: int = 1,
         net.hybridize(static_alloc=True, static_shape=True)
         expected = _numpy_outputs(net(sample))
         if fuse:
-            net.optimize_for(sample, backend="MKLDNN", static_alloc=True, static_shape=True)
+            fuse_for_cpu_inference(net, sample)
         net.export(prefix, epoch=0)
     finally:
         set_dropblock_prob(net, drop_prob)
         if fuse:   # back to the plain graph: the fused one is for inference only
-            net.hybridize(static_alloc=True, static_shape=True)
+            unfuse(net)
     symbol_file, params_file = f"{prefix}-symbol.json", f"{prefix}-0000.params"
     exported = load_exported(symbol_file, params_file)
     diff = _max_difference(_numpy_outputs(exported(sample)), expected)

@@ -33,14 +33,15 @@ def test_bench_model_reports_every_peer_path_and_flop_rate():
     assert "| resnet50d | ours |" in done.stdout
     assert "median of 1 fresh process(es)" in done.stdout
     serving = {row[1]: row for row in rows[5:]}
-    assert len(serving) == 5
+    assert len(serving) == 6
     diffs = {path: row[-1] for path, row in serving.items()}
-    fused = next(d for p, d in diffs.items() if "fused" in p)
+    fused = next(d for p, d in diffs.items() if "export.py --fuse" in p)
+    verify_fused = next(d for p, d in diffs.items() if "verify.py" in p)
     onnx = next(d for p, d in diffs.items() if "onnxruntime" in p)
     bf16 = next(d for p, d in diffs.items() if "bfloat16 AMP inference" in p)
     largest = float(re.search(r"max abs logit ([0-9.]+)", serving[next(
         p for p in serving if "reference" in p)][-1]).group(1))
-    assert float(fused) < 1e-4 and float(onnx) < 1e-4
+    assert float(fused) < 1e-4 and float(verify_fused) < 1e-4 and float(onnx) < 1e-4
     # bfloat16 keeps 8 mantissa bits: close to, but not equal to, float32
     assert 0 < float(bf16) < 0.05 * max(largest, 1.0)
 
@@ -82,7 +83,7 @@ def test_plan_interleaves_every_implementation_and_adds_the_flop_reference_once(
 
 def test_operator_profile_names_the_convolutions_and_the_ceiling():
     done = subprocess.run([sys.executable, SCRIPT, "resnest14", "--batch-size", "2", "--size",
-                           "32", "--profile", "--against", "authors"],
+                           "32", "--profile", "--profile-top", "100", "--against", "authors"],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     header = next(line for line in done.stdout.splitlines() if line.startswith("| resnest14 "))

@@ -171,3 +171,20 @@ def _blocks(net):
     found = []
     net.apply(found.append)
     return found
+
+
+def test_fused_gluon_graph_with_the_compiled_operator_matches_the_plain_one(photos):
+    """What verify.py evaluates on CPUs: the network as built for this CPU (the compiled
+    split-attention operator in it), fused in place by oneDNN, then back to plain."""
+    from resnest_gluon.models.fusion import fuse_for_cpu_inference, unfuse
+    from resnest_gluon.models.splat import implementations_for
+    net = randomize_batchnorm(_net(**implementations_for("cpu")), seed=0)
+    net.hybridize(static_alloc=True, static_shape=True)
+    plain = net(photos).asnumpy()
+    fuse_for_cpu_inference(net, photos)
+    fused = net(photos).asnumpy()
+    scale = np.abs(plain).max()
+    assert np.abs(fused - plain).max() <= 1e-5 * max(scale, 1.0)
+    assert (fused.argmax(axis=1) == plain.argmax(axis=1)).all()
+    unfuse(net)
+    np.testing.assert_array_equal(net(photos).asnumpy(), plain)

@@ -89,3 +89,13 @@ def test_the_build_command_reports_in_one_line(tmp_path, compiler, status):
     assert code == status
     last = err.strip().splitlines()[-1]
     assert last.startswith("split-attention operator ready: " if status == 0 else "error: ")
+
+
+def test_it_loads_after_horovods_mxnet_module(tmp_path):
+    """Horovod's MXNet module, loaded globally, carries other definitions of the extension
+    API's C++ symbols; the library binds to its own (-Bsymbolic), or its constructor crashed
+    (SIGFPE) in every rank of a horovodrun job."""
+    code = "import horovod.mxnet\n" + _USE
+    status, out, err = _finish(_run(code, tmp_path))
+    assert status == 0, err[-2000:]
+    assert "product radix_sum (2, 8, 6, 5) True" in out

@@ -150,6 +150,21 @@ def test_verify_export_predict_on_a_trained_model(digits, tmp_path):
     lines = (tmp_path / "per_class.csv").read_text().splitlines()
     assert lines[0] == "class,correct,images,accuracy" and len(lines) == 11
     assert sum(int(line.split(",")[2]) for line in lines[1:]) == 37
+
+    def verify_with(*extra):
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "verify.py"),
+                               "--config", str(tmp_path / "cfg.yaml"), "--params",
+                               str(tmp_path / "final.params"), "--rec-val", val, "--json",
+                               *extra], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+    # on CPUs verify evaluates the oneDNN-fused graph: the same counts as the training
+    # loop's plain graph, also with a last batch of 5 (37 = 4 x 8 + 5)
+    plain, plain_log = verify_with("--plain-graph", "--batch-size", "8")
+    fused, fused_log = verify_with("--batch-size", "8")
+    assert plain == fused == result
+    assert "oneDNN-fused graph" in fused_log and "oneDNN-fused graph" not in plain_log
     export = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export.py"),
                              "--config", str(tmp_path / "cfg.yaml"), "--params",
                              str(tmp_path / "final.params"), "--output",

@@ -84,8 +84,9 @@ FLOP_REFERENCE = "resnet50d"
 _TIMM_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "timm_measure.py")
 # Serving and precision paths of our network, measured with --serving.
-SERVING_MODES = ("export-fused", "onnxruntime", "infer-bf16", "train-bf16")
+SERVING_MODES = ("verify-fused", "export-fused", "onnxruntime", "infer-bf16", "train-bf16")
 _SERVING_LABELS = {
+    "verify-fused": ("oneDNN-fused Gluon graph (`verify.py` on CPUs)", "infer"),
     "export-fused": ("exported, oneDNN-fused (`export.py --fuse`)", "infer"),
     "onnxruntime": ("ONNX export on onnxruntime", "infer"),
     "infer-bf16": ("bfloat16 AMP inference", "infer"),
@@ -104,9 +105,12 @@ def _seeded_network(impl, name, overrides, mode):
 def _inference_step(impl, name, mode, x, overrides, workdir):
     """A function running one inference batch on ``mode``'s path, and the logits on x."""
     from ..export import export_onnx, export_symbol, load_exported, onnx_session
+    from ..models.fusion import fuse_for_cpu_inference
     net = _seeded_network(impl, name, overrides, mode)
     if mode == "infer":
         net.hybridize(static_alloc=True, static_shape=True)
+    elif mode == "verify-fused":
+        fuse_for_cpu_inference(net, x)
     elif mode == "infer-bf16":
         from ..models.precision import to_precision
         net = to_precision(net, "bfloat16", input_shape=x.shape)
@@ -531,14 +535,14 @@ def _usable_peers(peers, torch_python):
         return [peer for peer in peers if peer != "timm"], None
     return peers, version
 
-def _profiles(names, peers, batch, size, threads):
+def _profiles(names, peers, batch, size, threads, top):
     from ..models import count_flops, get_model
     tables = []
     for name in names:
         profiles = {(impl, mode): profile_in_subprocess(impl, name, mode, batch, size, threads)
                     for impl in ["ours"] + list(peers) for mode in MODES}
         flops = 2 * count_flops(get_model(name), size)
-        tables.append(format_profile(name, profiles, batch, flops))
+        tables.append(format_profile(name, profiles, batch, flops, top))
     tables.append(f"\n({machine_name()}; batch {batch}, {size}x{size}, float32, hybridized "
                   f"static; MXNet profiler, operator bulking off; 3 profiled steps)")
     return "\n\n".join(tables)
@@ -586,6 +590,8 @@ def main(argv=None) -> int:
                         help="instead of timing: MXNet's per-operator profile (ms per step, "
                              "bulking off) of ours and the MXNet peers, and the speed our "
                              "convolutions alone would allow")
+    parser.add_argument("--profile-top", type=_positive, default=24, metavar="N",
+                        help="with --profile: the N costliest operators per table (24)")
     parser.add_argument("--measure", nargs=2, metavar=("IMPL", "MODE"),
                         help=argparse.SUPPRESS)   # internal: one measurement, JSON out
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
@@ -609,7 +615,7 @@ def main(argv=None) -> int:
     peers = _parse_against(args.against)
     if args.profile:
         print(_profiles(args.models, [p for p in peers if p != "timm"], args.batch_size,
-                        args.size, args.threads))
+                        args.size, args.threads, args.profile_top))
         return 0
     peers, timm_version = _usable_peers(peers, args.torch_python)
     rows = run(args.models, peers, args.batch_size, args.size, args.repeats, args.rounds,

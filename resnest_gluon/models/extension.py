@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 
 RADIX_SUM_OP = "resnest_radix_sum"
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "radix_sum.cc")
-_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp")
+# -Bsymbolic: the library's references to its own copy of the extension API bind to that
+# copy. Without it, a process that loaded Horovod's MXNet module first (which carries other
+# definitions of the same C++ symbols, loaded globally) crashed in the library's constructor.
+_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-Wl,-Bsymbolic")
 _BUILD_TIMEOUT_S = 600
 _state = {"loaded": None, "failure": None}
 
