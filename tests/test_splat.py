@@ -217,6 +217,9 @@ def test_auto_picks_the_product_for_the_device_dtype_and_export():
     config.train.dtype = "bfloat16"      # AMP's bfloat16 reaches the operator: float32 only
     assert products(config, device_type="cpu") == {"batch_dot"}
     config.train.dtype = "float32"
+    with pytest.MonkeyPatch.context() as patch:   # gradients added into, not written
+        patch.setenv("MXNET_EXEC_ENABLE_ADDTO", "1")
+        assert products(config, device_type="cpu") == {"batch_dot"}
     config.model.attention_product = "broadcast_mul"
     assert products(config, device_type="cpu") == {"broadcast_mul"}
     config.model.attention_product = "radix_sum"

@@ -17,6 +17,8 @@ The weighted sum over the splits has three implementations with the same results
 (:data:`ATTENTION_PRODUCTS`): the project's compiled CPU operator (:mod:`.extension`) and two
 formulations in MXNet's own operators, one for CPUs and exported graphs and one for GPUs.
 """
+import os
+
 from mxnet.gluon import nn
 
 from . import extension
@@ -45,7 +47,10 @@ def attention_product_for(device_type: str, dtype: str = "float32",
     MXNet's own operators (exported graphs)."""
     if device_type != "cpu":
         return "broadcast_mul"
-    if dtype == "float32" and not portable and extension.radix_sum_available():
+    # MXNet's opt-in add-to gradient accumulation would ask the operator to add its gradients
+    # into the buffers; the extension API does not say so, and the operator writes them.
+    add_to = os.environ.get("MXNET_EXEC_ENABLE_ADDTO", "0") not in ("", "0")
+    if dtype == "float32" and not portable and not add_to and extension.radix_sum_available():
         return "radix_sum"
     return PORTABLE_PRODUCT
 
