@@ -27,6 +27,7 @@ from .errors import UserError, reason_of
 from .models import EvalSettings
 from .models.dropblock import get_dropblock_prob, set_dropblock_prob
 from .models.fusion import fuse_for_cpu_inference, unfuse
+from .models.splat import portable_products
 
 __all__ = ["ExportResult", "export_symbol", "export_onnx", "load_exported", "onnx_session",
            "write_export_metadata", "read_export_metadata", "metadata_path", "export_files",
@@ -97,21 +98,32 @@ def export_symbol(net, prefix: str, input_size: int = 224, batch_size: int = 1,
     drop_prob = get_dropblock_prob(net)
     set_dropblock_prob(net, 0.0)
     try:
-        net.hybridize(static_alloc=True, static_shape=True)
-        expected = _numpy_outputs(net(sample))
-        if fuse:
-            fuse_for_cpu_inference(net, sample)
-        net.export(prefix, epoch=0)
+        # MXNet's own operators only: the files must load in any MXNet
+        with portable_products(net):
+            expected = _export_graph(net, prefix, sample, fuse)
     finally:
         set_dropblock_prob(net, drop_prob)
-        if fuse:   # back to the plain graph: the fused one is for inference only
-            unfuse(net)
     symbol_file, params_file = f"{prefix}-symbol.json", f"{prefix}-0000.params"
     exported = load_exported(symbol_file, params_file)
     diff = _max_difference(_numpy_outputs(exported(sample)), expected)
     log.info("exported %s and %s (input %s); max |exported - gluon| = %.3g",
              symbol_file, params_file, shape, diff)
     return ExportResult(symbol_file, params_file, shape, diff)
+
+
+def _export_graph(net, prefix, sample, fuse):
+    """Trace ``net`` (optionally fused), write its files, and return its outputs on
+    ``sample`` before fusion (what the export is checked against)."""
+    net.hybridize(static_alloc=True, static_shape=True)
+    expected = _numpy_outputs(net(sample))
+    try:
+        if fuse:
+            fuse_for_cpu_inference(net, sample)
+        net.export(prefix, epoch=0)
+    finally:
+        if fuse:   # back to the plain graph: the fused one is for inference only
+            unfuse(net)
+    return expected
 
 
 def _numpy_outputs(outputs) -> list:

@@ -188,3 +188,22 @@ def test_fused_gluon_graph_with_the_compiled_operator_matches_the_plain_one(phot
     assert (fused.argmax(axis=1) == plain.argmax(axis=1)).all()
     unfuse(net)
     np.testing.assert_array_equal(net(photos).asnumpy(), plain)
+
+
+def test_a_network_with_the_compiled_operator_exports_and_converts_portably(tmp_path, photos):
+    """export_symbol and bfloat16 conversion trace MXNet's own operators in its place, and
+    the network keeps the compiled one."""
+    from resnest_gluon.models.splat import implementations_for
+    net = _net(**implementations_for("cpu"))
+    net.hybridize(static_alloc=True, static_shape=True)
+    expected = net(photos).asnumpy()
+    result = export_symbol(net, str(tmp_path / "model"), input_size=64, batch_size=4,
+                           sample=photos)
+    assert result.max_abs_diff < 1e-5
+    assert "resnest_radix_sum" not in open(result.symbol_file).read()
+    assert net.layer1[0].conv2.attention_product == "radix_sum"
+    np.testing.assert_array_equal(net(photos).asnumpy(), expected)
+    bf16 = to_precision(net, "bfloat16", input_shape=photos.shape)
+    assert np.abs(bf16(photos).asnumpy() - expected).max() < 0.05 * max(np.abs(expected).max(),
+                                                                         1.0)
+    assert net.layer1[0].conv2.attention_product == "radix_sum"

@@ -95,7 +95,46 @@ def test_it_loads_after_horovods_mxnet_module(tmp_path):
     """Horovod's MXNet module, loaded globally, carries other definitions of the extension
     API's C++ symbols; the library binds to its own (-Bsymbolic), or its constructor crashed
     (SIGFPE) in every rank of a horovodrun job."""
+    pytest.importorskip("horovod.mxnet")
     code = "import horovod.mxnet\n" + _USE
     status, out, err = _finish(_run(code, tmp_path))
     assert status == 0, err[-2000:]
     assert "product radix_sum (2, 8, 6, 5) True" in out
+
+
+def test_the_library_is_readable_by_other_users_and_no_partial_file_is_left(tmp_path):
+    code, out, err = _finish(_run(_USE, tmp_path))
+    assert code == 0, err[-2000:]
+    (library,) = [n for n in os.listdir(tmp_path) if n.endswith(".so")]
+    assert os.stat(tmp_path / library).st_mode & 0o055 == 0o055     # group and others: r-x
+    empty = tmp_path / "empty"
+    code, out, err = _finish(_run(_USE, empty, {"CXX": "", "PATH": "/nonexistent"}))
+    assert code == 0, err[-2000:]
+    assert "no C++ compiler found" in err and "product batch_dot" in out
+    assert os.listdir(empty) == [] or all(n.endswith(".lock") for n in os.listdir(empty))
+
+
+def test_after_amp_init_it_is_not_loaded_and_amp_stays_on(tmp_path):
+    """Loading re-creates mx.nd / mx.sym, which would drop AMP's wrapped operators."""
+    code = textwrap.dedent("""
+        import logging
+        import mxnet as mx
+        from mxnet.contrib import amp
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        amp.init(target_dtype="bfloat16")
+        from resnest_gluon.models import get_model
+        from resnest_gluon.models.extension import ExtensionError
+        from resnest_gluon.models.splat import implementations_for
+        print("auto", implementations_for("cpu")["attention_product"])
+        try:
+            get_model("resnest14", attention_product="radix_sum")
+        except ExtensionError as err:
+            print("error:", err)
+        x, w = mx.nd.ones((1, 3, 8, 8)), mx.nd.ones((4, 3, 3, 3))
+        out = mx.nd.Convolution(x, w, kernel=(3, 3), num_filter=4, no_bias=True)
+        print("amp still on", out.dtype != "float32")     # AMP's bfloat16 convolution
+    """)
+    status, out, err = _finish(_run(code, tmp_path))
+    assert status == 0, err[-2000:]
+    assert "auto batch_dot" in out and "amp still on True" in out
+    assert "error: the split-attention operator cannot be loaded after" in out

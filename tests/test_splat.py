@@ -224,6 +224,11 @@ def test_auto_picks_the_product_for_the_device_dtype_and_export():
     assert products(config, device_type="cpu") == {"broadcast_mul"}
     config.model.attention_product = "radix_sum"
     assert products(config, device_type="cpu", portable=True) == {"batch_dot"}
+    for device, dtype in (("gpu", "float32"), ("cpu", "bfloat16")):
+        config.train.dtype = dtype
+        with pytest.raises(ValueError, match="radix_sum runs on CPUs in float32 only"):
+            build_network(config, device_type=device)
+    config.train.dtype = "float32"
     config.model.attention_product = "einsum"
     with pytest.raises(ValueError, match="attention_product must be one of"):
         build_network(config)

@@ -178,9 +178,9 @@ def measure(impl, name, mode, batch, size, repeats, warmup=2, overrides=None,
         Zoo name; ``overrides`` (dict) changes architecture fields of its spec.
     mode : str
         "infer" (forward pass, hybridized static), "train" (forward + backward + NAG update),
-        or a serving/precision path of :data:`SERVING_MODES`: the oneDNN-fused export
-        reloaded as a SymbolBlock, onnxruntime on the ONNX export, bfloat16 AMP inference or
-        training.
+        or a serving/precision path of :data:`SERVING_MODES`: the network fused in place by
+        oneDNN (what ``verify.py`` evaluates on CPUs), the oneDNN-fused export reloaded as a
+        SymbolBlock, onnxruntime on the ONNX export, bfloat16 AMP inference or training.
     batch, size : int
         Batch size and square input size.
     repeats, warmup : int

@@ -16,13 +16,16 @@ import fcntl
 import hashlib
 import logging
 import os
+import platform
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 
 from ..errors import UserError, reason_of
+from .precision import amp_active
 
 __all__ = ["ExtensionError", "load_radix_sum", "radix_sum_available", "library_path",
            "RADIX_SUM_OP"]
@@ -37,6 +40,7 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "radi
 _FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-Wl,-Bsymbolic")
 _BUILD_TIMEOUT_S = 600
 _state = {"loaded": None, "failure": None}
+_load_lock = threading.Lock()
 
 
 class ExtensionError(UserError, RuntimeError):
@@ -69,10 +73,25 @@ def _api_files(mxnet_dir: str):
     return include, api_source
 
 
+def _cache_folder(cache_dir: str = None) -> str:
+    folder = cache_dir or os.environ.get("RESNEST_GLUON_EXTENSIONS") or os.path.join(
+        "~", ".cache", "resnest_gluon", "extensions")
+    return os.path.abspath(os.path.expanduser(folder))    # mx.library.load wants it absolute
+
+
 def library_path(cache_dir: str = None) -> str:
-    """Where the library for this source and MXNet is (or will be) cached. The compiler is
-    not part of the key: a library built on one machine loads on another with the same
-    MXNet, so nodes without a compiler can use a shared cache."""
+    """Where the library for this source, MXNet and machine is (or will be) cached.
+
+    The compiler itself is not part of the key (a library built on one machine loads on
+    another of the same architecture with the same MXNet, so nodes without a compiler can use
+    a shared cache); flags given in ``$CXX`` are.
+
+    Parameters
+    ----------
+    cache_dir : str, optional
+        The cache folder (default ``$RESNEST_GLUON_EXTENSIONS``, else
+        ``~/.cache/resnest_gluon/extensions``).
+    """
     import mxnet
     mxnet_dir = _mxnet_dir()
     _, api_source = _api_files(mxnet_dir)
@@ -80,27 +99,38 @@ def library_path(cache_dir: str = None) -> str:
     for path in (_SOURCE, api_source):
         with open(path, "rb") as handle:
             digest.update(handle.read())
-    digest.update(" ".join([mxnet.__version__, *_FLAGS]).encode())
-    folder = cache_dir or os.environ.get("RESNEST_GLUON_EXTENSIONS") or os.path.join(
-        os.path.expanduser("~"), ".cache", "resnest_gluon", "extensions")
-    return os.path.join(folder, f"libresnest_ops-{digest.hexdigest()[:16]}.so")
+    extra_flags = shlex.split(os.environ.get("CXX", ""))[1:]
+    digest.update(" ".join([mxnet.__version__, platform.machine(), *_FLAGS,
+                            *extra_flags]).encode())
+    return os.path.join(_cache_folder(cache_dir),
+                        f"libresnest_ops-{digest.hexdigest()[:16]}.so")
+
+
+def _first_error(stderr: str) -> str:
+    """The compiler's first error line (its last line is usually a summary)."""
+    lines = stderr.strip().splitlines() or ["(no output)"]
+    return next((line for line in lines if "error" in line.lower()), lines[-1]).strip()
 
 
 def _compile(target: str) -> None:
     """Compile the library into ``target`` (via a temporary file in the same folder)."""
     include, api_source = _api_files(_mxnet_dir())
+    compiler = _compiler()
     handle, partial = tempfile.mkstemp(prefix=".build-", suffix=".so",
                                        dir=os.path.dirname(target))
     os.close(handle)
-    command = [*_compiler(), *_FLAGS, "-I", include, _SOURCE, api_source, "-o", partial]
+    command = [*compiler, *_FLAGS, "-I", include, _SOURCE, api_source, "-o", partial]
     log.info("compiling the split-attention operator (%s, once per MXNet version)",
              os.path.basename(target))
     try:
         done = subprocess.run(command, capture_output=True, text=True,
                               timeout=_BUILD_TIMEOUT_S)
         if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise ExtensionError(f"compiling {os.path.basename(_SOURCE)} failed: {last}")
+            raise ExtensionError(f"compiling {os.path.basename(_SOURCE)} failed: "
+                                 f"{_first_error(done.stderr)}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o755 & ~umask)     # mkstemp's 0600 would hide it from other users
         os.replace(partial, target)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise ExtensionError(f"compiling {os.path.basename(_SOURCE)} failed: {err}") from None
@@ -110,18 +140,29 @@ def _compile(target: str) -> None:
 
 
 def build_library(cache_dir: str = None) -> str:
-    """The cached library's path, compiling it first if no process has yet."""
-    target = library_path(cache_dir)
-    if os.path.isfile(target):
-        return target
+    """The cached library's path, compiling it first if no process has yet.
+
+    Raises
+    ------
+    ExtensionError
+        No compiler, a failed compilation, or a cache folder that cannot be written.
+    """
     try:
+        target = library_path(cache_dir)
+        if os.path.isfile(target):
+            return target
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target + ".lock", "w") as lock:
+        # read-only descriptor: flock works on it, and a lock file another user created
+        # (without write permission for us) can still be opened
+        lock = os.open(target + ".lock", os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not os.path.isfile(target):
                 _compile(target)
+        finally:
+            os.close(lock)
     except OSError as err:
-        raise ExtensionError(f"cannot build into {os.path.dirname(target)}: {err}") from None
+        raise ExtensionError(f"cannot build the split-attention operator: {err}") from None
     return target
 
 
@@ -131,17 +172,24 @@ def load_radix_sum(cache_dir: str = None) -> None:
     Raises
     ------
     ExtensionError
-        Where the library cannot be built or loaded; the message says why.
+        Where the library cannot be built or loaded, or AMP is on; the message says why.
     """
-    if _state["loaded"]:
-        return
     import mxnet as mx
-    path = build_library(cache_dir)
-    try:
-        mx.library.load(path, verbose=False)
-    except mx.base.MXNetError as err:
-        raise ExtensionError(f"loading {path} failed: {reason_of(err)}") from None
-    _state["loaded"] = path
+    with _load_lock:
+        if _state["loaded"]:
+            return
+        if amp_active():
+            # loading re-creates mx.nd / mx.sym and would drop AMP's wrapped operators,
+            # silently training in float32
+            raise ExtensionError("the split-attention operator cannot be loaded after "
+                                 "mxnet.contrib.amp.init (it is float32 only): use "
+                                 "model.attention_product=batch_dot with AMP")
+        path = build_library(cache_dir)
+        try:
+            mx.library.load(path, verbose=False)
+        except mx.base.MXNetError as err:
+            raise ExtensionError(f"loading {path} failed: {reason_of(err)}") from None
+        _state["loaded"] = path
 
 
 def radix_sum_available() -> bool:

@@ -42,10 +42,13 @@ def to_precision(net, dtype: str, input_shape=(1, 3, 224, 224), ctx=None):
         net.cast("float16")
         return net
     from mxnet.contrib import amp  # imported here: AMP registers its op lists on import
+
+    from .splat import portable_products  # the compiled split-attention op is float32 only
     ctx = ctx or mx.cpu()
-    net.hybridize(static_alloc=True, static_shape=True)
-    net(mx.nd.zeros(input_shape, ctx=ctx))
-    return amp.convert_hybrid_block(net, target_dtype="bfloat16", ctx=ctx)
+    with portable_products(net):
+        net.hybridize(static_alloc=True, static_shape=True)
+        net(mx.nd.zeros(input_shape, ctx=ctx))
+        return amp.convert_hybrid_block(net, target_dtype="bfloat16", ctx=ctx)
 
 
 def amp_active() -> bool:

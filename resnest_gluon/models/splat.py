@@ -17,6 +17,7 @@ The weighted sum over the splits has three implementations with the same results
 (:data:`ATTENTION_PRODUCTS`): the project's compiled CPU operator (:mod:`.extension`) and two
 formulations in MXNet's own operators, one for CPUs and exported graphs and one for GPUs.
 """
+import contextlib
 import os
 
 from mxnet.gluon import nn
@@ -27,7 +28,7 @@ from .precision import narrowest
 
 __all__ = ["SplitAttentionConv", "attention_channels", "ATTENTION_PRODUCTS",
            "attention_product_for", "PORTABLE_PRODUCT", "GROUPED_CONVS", "grouped_conv_for",
-           "GroupedConv2D", "implementations_for"]
+           "GroupedConv2D", "implementations_for", "portable_products"]
 
 # How the attention weights multiply the splits and the splits are summed: the same numbers,
 # three kernels. radix_sum is the project's compiled CPU operator (models/extension.py): one
@@ -43,8 +44,8 @@ PORTABLE_PRODUCT = "batch_dot"
 def attention_product_for(device_type: str, dtype: str = "float32",
                           portable: bool = False) -> str:
     """The default product for a device type: radix_sum on ``cpu`` in float32 where the
-    compiled operator builds (else batch_dot), broadcast_mul on ``gpu``. ``portable``: only
-    MXNet's own operators (exported graphs)."""
+    compiled operator builds (else batch_dot; also under ``MXNET_EXEC_ENABLE_ADDTO``),
+    broadcast_mul on ``gpu``. ``portable``: only MXNet's own operators (exported graphs)."""
     if device_type != "cpu":
         return "broadcast_mul"
     # MXNet's opt-in add-to gradient accumulation would ask the operator to add its gradients
@@ -82,9 +83,31 @@ def implementations_for(device_type: str, attention_product: str = "auto",
         attention_product = attention_product_for(device_type, dtype, portable)
     elif portable and attention_product == "radix_sum":
         attention_product = PORTABLE_PRODUCT
+    elif attention_product == "radix_sum" and (device_type != "cpu" or dtype != "float32"):
+        raise ValueError(f"attention_product=radix_sum runs on CPUs in float32 only (here: "
+                         f"{device_type}, {dtype}); use auto, batch_dot or broadcast_mul")
     return {"attention_product": attention_product,
             "grouped_conv": grouped_conv_for(device_type) if grouped_conv == "auto"
             else grouped_conv}
+
+
+@contextlib.contextmanager
+def portable_products(net):
+    """Within the block, ``net``'s split-attention blocks trace MXNet's own operators instead
+    of the compiled one (same parameters and results): for graphs that are exported or
+    converted to another dtype. Restored afterwards."""
+    switched = []
+    net.apply(lambda block: switched.append(block) if isinstance(block, SplitAttentionConv)
+              and block.attention_product == "radix_sum" else None)
+    for block in switched:
+        block.attention_product = PORTABLE_PRODUCT
+    net._clear_cached_op()      # pylint: disable=protected-access; re-traced at the next call
+    try:
+        yield net
+    finally:
+        for block in switched:
+            block.attention_product = "radix_sum"
+        net._clear_cached_op()  # pylint: disable=protected-access
 
 
 class GroupedConv2D(nn.Conv2D):

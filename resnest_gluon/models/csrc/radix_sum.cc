@@ -58,9 +58,12 @@ MXReturnValue parse_attrs(const Attributes& attrs, int* num_inputs, int* num_out
 
 MXReturnValue infer_type(const Attributes& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
-  for (int type : *in_types) {
+  // -1: not known yet (a partial type pass); the inputs are then float32 like the output
+  for (int& type : *in_types) {
+    if (type == -1) type = mxnet::ext::kFloat32;
     if (type != mxnet::ext::kFloat32) {
-      MX_ERROR_MSG << "resnest_radix_sum: float32 inputs only (got dtype code " << type << ")";
+      MX_ERROR_MSG << "resnest_radix_sum: float32 inputs only (got dtype code " << type
+                   << "); use attention_product=batch_dot for other dtypes";
       return mxnet::ext::MX_FAIL;
     }
   }
