@@ -17,7 +17,7 @@ _USE = textwrap.dedent("""
     import logging, sys
     import mxnet as mx
     from mxnet import autograd
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from resnest_gluon.models.splat import SplitAttentionConv, implementations_for
     choice = implementations_for("cpu")["attention_product"]
     block = SplitAttentionConv(8, radix=2, in_channels=16, attention_product=choice)
@@ -46,10 +46,13 @@ def _finish(process):
 
 def test_two_processes_building_at_once_share_one_library(tmp_path):
     started = [_run(_USE, tmp_path) for _ in range(2)]
+    compilations = 0
     for code, out, err in map(_finish, started):
         assert code == 0, err[-2000:]
         assert "product radix_sum (2, 8, 6, 5) True" in out
         assert "WARNING" not in err
+        compilations += err.count("compiling the split-attention operator")
+    assert compilations == 1        # the other process waited on the lock, then loaded
     names = sorted(os.listdir(tmp_path))
     assert [n for n in names if n.endswith(".so")] == [n for n in names
                                                        if n.startswith("libresnest_ops-")
