@@ -9,6 +9,7 @@ from resnest_gluon.models.splat import (
     GroupedConv2D,
     SplitAttentionConv,
     attention_channels,
+    portable_products,
 )
 
 
@@ -210,9 +211,16 @@ def test_auto_picks_the_product_for_the_device_dtype_and_export():
         return _values_of(build_network(config, **kwargs), SplitAttentionConv,
                           "attention_product")
 
+    def exported_products(config):
+        """Inside portable_products (what export_symbol and to_precision trace), and after."""
+        net = build_network(config, device_type="cpu")
+        with portable_products(net):
+            inside = _values_of(net, SplitAttentionConv, "attention_product")
+        return inside, _values_of(net, SplitAttentionConv, "attention_product")
+
     config = load_config(None, ["model.name=resnest14", "data.num_classes=10"])
     assert products(config, device_type="cpu") == {"radix_sum"}
-    assert products(config, device_type="cpu", portable=True) == {"batch_dot"}
+    assert exported_products(config) == ({"batch_dot"}, {"radix_sum"})
     assert products(config, device_type="gpu") == {"broadcast_mul"}
     config.train.dtype = "bfloat16"      # AMP's bfloat16 reaches the operator: float32 only
     assert products(config, device_type="cpu") == {"batch_dot"}
@@ -223,7 +231,7 @@ def test_auto_picks_the_product_for_the_device_dtype_and_export():
     config.model.attention_product = "broadcast_mul"
     assert products(config, device_type="cpu") == {"broadcast_mul"}
     config.model.attention_product = "radix_sum"
-    assert products(config, device_type="cpu", portable=True) == {"batch_dot"}
+    assert exported_products(config) == ({"batch_dot"}, {"radix_sum"})
     for device, dtype in (("gpu", "float32"), ("cpu", "bfloat16")):
         config.train.dtype = dtype
         with pytest.raises(ValueError, match="radix_sum runs on CPUs in float32 only"):

@@ -52,9 +52,8 @@ def add_eval_arguments(parser):
                         help="resize filter (default: the model's, bicubic)")
 
 
-def load_network(args, ctx, portable=False):
-    """Build the network named by ``args`` and load ``args.params`` (any supported layout);
-    ``portable``: MXNet's own operators only (a graph to export, loadable anywhere).
+def load_network(args, ctx):
+    """Build the network named by ``args`` and load ``args.params`` (any supported layout).
 
     Returns
     -------
@@ -63,9 +62,9 @@ def load_network(args, ctx, portable=False):
     """
     config = load_config(args.config) if args.config else None
     classes = args.num_classes or (config.data.num_classes if config else 1000)
-    net = (build_network(config, classes, ctx.device_type, portable) if config else
+    net = (build_network(config, classes, ctx.device_type) if config else
            get_model(args.model, classes=classes,
-                     **implementations_for(ctx.device_type, portable=portable)))
+                     **implementations_for(ctx.device_type)))
     if args.params:
         from ..models.convert import load_weights
         load_weights(net, args.params, ctx=ctx)

@@ -65,7 +65,7 @@ def _class_names(args, config):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    net, config = load_network(args, mx.cpu(), portable=True)
+    net, config = load_network(args, mx.cpu())
     settings = settings_from_args(args, config)
     names = _class_names(args, config)
     if names is not None and len(names) != net.classes:

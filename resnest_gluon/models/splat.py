@@ -41,17 +41,17 @@ ATTENTION_PRODUCTS = ("batch_dot", "broadcast_mul", "radix_sum")
 PORTABLE_PRODUCT = "batch_dot"
 
 
-def attention_product_for(device_type: str, dtype: str = "float32",
-                          portable: bool = False) -> str:
+def attention_product_for(device_type: str, dtype: str = "float32") -> str:
     """The default product for a device type: radix_sum on ``cpu`` in float32 where the
     compiled operator builds (else batch_dot; also under ``MXNET_EXEC_ENABLE_ADDTO``),
-    broadcast_mul on ``gpu``. ``portable``: only MXNet's own operators (exported graphs)."""
+    broadcast_mul on ``gpu``. Graphs to export or convert trace batch_dot in its place
+    (:func:`portable_products`)."""
     if device_type != "cpu":
         return "broadcast_mul"
     # MXNet's opt-in add-to gradient accumulation would ask the operator to add its gradients
     # into the buffers; the extension API does not say so, and the operator writes them.
     add_to = os.environ.get("MXNET_EXEC_ENABLE_ADDTO", "0") not in ("", "0")
-    if dtype == "float32" and not portable and not add_to and extension.radix_sum_available():
+    if dtype == "float32" and not add_to and extension.radix_sum_available():
         return "radix_sum"
     return PORTABLE_PRODUCT
 
@@ -73,16 +73,12 @@ def grouped_conv_for(device_type: str) -> str:
 
 
 def implementations_for(device_type: str, attention_product: str = "auto",
-                        grouped_conv: str = "auto", dtype: str = "float32",
-                        portable: bool = False) -> dict:
+                        grouped_conv: str = "auto", dtype: str = "float32") -> dict:
     """The network arguments choosing how split attention and grouped convolutions run on a
     ``device_type`` device computing in ``dtype``; "auto" takes the device's default, anything
-    else is kept, except that ``portable`` (a graph to export) replaces the compiled
-    operator by MXNet's own."""
+    else is kept (the compiled operator only where it can run)."""
     if attention_product == "auto":
-        attention_product = attention_product_for(device_type, dtype, portable)
-    elif portable and attention_product == "radix_sum":
-        attention_product = PORTABLE_PRODUCT
+        attention_product = attention_product_for(device_type, dtype)
     elif attention_product == "radix_sum" and (device_type != "cpu" or dtype != "float32"):
         raise ValueError(f"attention_product=radix_sum runs on CPUs in float32 only (here: "
                          f"{device_type}, {dtype}); use auto, batch_dot or broadcast_mul")

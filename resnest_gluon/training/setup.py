@@ -45,18 +45,16 @@ __all__ = ["Run", "setup_run", "restore_state", "build_network", "eval_settings"
 log = logging.getLogger(__name__)
 
 
-def build_network(config: cfg.Config, classes: Optional[int] = None, device_type: str = "cpu",
-                  portable: bool = False):
+def build_network(config: cfg.Config, classes: Optional[int] = None, device_type: str = "cpu"):
     """The configured zoo network for a ``device_type`` device (DropBlock starts at 0; the
     loop schedules it). ``model.attention_product=auto`` and ``model.grouped_conv=auto`` pick
     the implementation for the device and ``train.dtype`` (the same network and results
-    either way); ``portable``: MXNet's own operators only, for a graph to export."""
+    either way)."""
     overrides = dict(config.model.overrides)
     if config.model.final_drop is not None:
         overrides["final_drop"] = config.model.final_drop
     overrides.update(implementations_for(device_type, config.model.attention_product,
-                                         config.model.grouped_conv, config.train.dtype,
-                                         portable))
+                                         config.model.grouped_conv, config.train.dtype))
     try:
         return get_model(config.model.name, classes=classes or config.data.num_classes,
                          last_gamma=config.model.last_gamma, **overrides)
