@@ -78,6 +78,8 @@ env: $(DEPS_STAMP) $(PEERS_STAMP)
 	  echo "$(CURDIR)" > $(VENV)/.source-dir; \
 	fi
 	@$(VPY) -m resnest_gluon.models.extension 2>&1 | tail -1 || true
+	@$(VPY) -c "import sys; from resnest_gluon.data.resample import main; sys.exit(main())" \
+	  2>&1 | tail -1 || true
 
 demo: env
 	PATH=$(VENV)/bin:$$PATH $(VPY) scripts/demo.py --fresh
