@@ -96,25 +96,34 @@ def test_what_it_does_not_implement_goes_to_pillow(sample_photos):
         resize_box(img, (64, 48), Image.BICUBIC, (0, 0, img.size[0] + 5, 10))
 
 
-def test_without_a_compiler_pillow_resizes_with_one_warning(tmp_path, sample_photos):
-    code = textwrap.dedent("""
+def test_without_a_compiler_pillow_resizes_with_one_warning(tmp_path, digits):
+    """Also through an evaluation loader with two worker processes: they inherit the main
+    process's verdict, so the warning is logged once, and the batches are Pillow's pixels."""
+    code = textwrap.dedent(f"""
         import logging, sys
         import numpy as np
         from PIL import Image
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        from resnest_gluon.data import BatchLoader, EvalTransform, ShardSet, eval_batches
+        from resnest_gluon.data.recordio import unpack_record
         from resnest_gluon.data.resample import compiled_resize_available, resize_box
+        shards = ShardSet({digits[1]!r})
+        transform = EvalTransform(24)
+        loader = BatchLoader(shards, eval_batches(len(shards), 8), transform, 24, workers=2)
+        first = next(iter(loader))[0].asnumpy()[0]
+        record = unpack_record(shards.read(0))[1]
         img = Image.fromarray(np.arange(60 * 80 * 3, dtype=np.uint8).reshape(60, 80, 3))
         box = (3.5, 2.0, 70.25, 51.0)
-        for _ in range(3):
-            out = resize_box(img, (20, 17), Image.BICUBIC, box)
+        out = resize_box(img, (20, 17), Image.BICUBIC, box)
         same = np.array_equal(out, np.asarray(img.resize((20, 17), Image.BICUBIC, box=box)))
-        print("compiled", compiled_resize_available(), "same", same)
+        print("compiled", compiled_resize_available(), "same", same,
+              "loader", np.array_equal(first, transform(record)))
     """)
     env = dict(os.environ, RESNEST_GLUON_EXTENSIONS=str(tmp_path), CXX="/nonexistent/c++")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "compiled False same True" in done.stdout
+    assert "compiled False same True loader True" in done.stdout
     warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1 and "resized by Pillow" in warnings[0], done.stderr
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".so")]

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .autoaugment import AutoAugment
-from .resample import resize_box
+from .resample import compiled_resize_available, resize_box
 
 __all__ = ["decode", "random_resized_crop_box", "TrainTransform", "EvalTransform", "RandomErasing",
            "color_jitter_matrix", "INTERPOLATIONS", "resample_filter", "resize_crop", "to_rgb",
@@ -345,6 +345,9 @@ class EvalTransform:
         self.size = int(size)
         self.resize = int(math.ceil(self.size / crop_ratio))
         self.resample = resample_filter(interpolation)
+        # Load (or build) the compiled resampler here, in the process that forks the loader's
+        # workers: they inherit it, and a failure is reported once, not once per worker.
+        compiled_resize_available()
 
     def __call__(self, image_bytes: bytes, rng: Optional[random.Random] = None) -> np.ndarray:
         img = decode(image_bytes)
