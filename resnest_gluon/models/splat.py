@@ -172,6 +172,11 @@ def _scale_rows(F, rows, weights, like, product="batch_dot"):
     return F.reshape_like(scaled, like)
 
 
+def _with_spatial(F, planes, spatial):
+    """The (N, C, HW) ``planes`` viewed as (N, C, H, W), H and W those of ``spatial``."""
+    return F.reshape_like(planes, spatial, lhs_begin=2, lhs_end=3, rhs_begin=2, rhs_end=4)
+
+
 def _plain_layout_gradient(F, summed):
     """``summed`` unchanged; its gradient reaches the radix sum in MXNet's plain layout.
 
@@ -259,7 +264,11 @@ class SplitAttentionConv(nn.HybridBlock):
         # Context: the spatial mean of the sum of the splits = the sum over the splits of
         # their channel means (global pooling on the plain view: oneDNN kernel, exported as
         # GlobalAveragePool; the means are summed on the tiny (N, R, C) tensor).
-        means = F.Pooling(F.reshape_like(planes, x), kernel=(1, 1), global_pool=True,
+        # x's (H, W), read off a one-channel slice (no gradient): with x itself read again
+        # beside its reshape, MXNet's static memory plan kept storage of every block alive
+        # (inference memory grew by about an activation per block, docs/memory.md).
+        spatial = F.BlockGrad(F.slice_axis(x, axis=1, begin=0, end=1))
+        means = F.Pooling(_with_spatial(F, planes, spatial), kernel=(1, 1), global_pool=True,
                           pool_type="avg")
         context = F.reshape(F.sum(F.reshape(means, (0, radix, channels)), axis=1),
                             (0, 0, 1, 1))
@@ -268,7 +277,7 @@ class SplitAttentionConv(nn.HybridBlock):
             # (its gradient needs no _plain_layout_gradient: the operator reads it once, and
             # the extension API's own conversion costs less time and memory than the copy)
             summed = getattr(F, extension.RADIX_SUM_OP)(planes, weights, radix=radix)
-            return F.reshape_like(summed, x, lhs_begin=2, lhs_end=3, rhs_begin=2, rhs_end=4)
+            return _with_spatial(F, summed, spatial)
         weighted = _scale_rows(F, F.reshape(planes, (-1, 1, 0)), weights, x,
                                self.attention_product)
         if radix == 1:
