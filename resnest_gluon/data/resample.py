@@ -84,7 +84,7 @@ def resize_box(img: Image.Image, size, resample: int, box) -> np.ndarray:
     """
     function = _compiled() if img.mode in ("L", "RGB") and resample in _FILTERS else None
     if function is None:
-        return np.asarray(img.resize(tuple(size), resample, box=tuple(box)))
+        return _pillow_resize(img, size, resample, box)
     pixels = np.ascontiguousarray(np.asarray(img))
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     out_w, out_h = (int(v) for v in size)
@@ -93,8 +93,12 @@ def resize_box(img: Image.Image, size, resample: int, box) -> np.ndarray:
                       pixels.strides[0], *(float(v) for v in box), out_w, out_h,
                       int(resample), out.ctypes.data)
     if status != 0:   # arguments Pillow refuses, or no memory: let Pillow say why
-        return np.asarray(img.resize(tuple(size), resample, box=tuple(box)))
+        return _pillow_resize(img, size, resample, box)
     return out
+
+
+def _pillow_resize(img, size, resample, box) -> np.ndarray:
+    return np.asarray(img.resize(tuple(size), resample, box=tuple(box)))
 
 
 def main(argv=None) -> int:

@@ -215,11 +215,14 @@ uint8_t* scratch(int which, size_t bytes) {
   return buffer.data();
 }
 
-void trim_scratch() {
-  for (std::vector<uint8_t>& buffer : scratch_buffers) {
-    if (buffer.size() > kKeptBytes) std::vector<uint8_t>().swap(buffer);
+// Releases the oversized buffers when a call ends, by whichever return.
+struct ScratchTrim {
+  ~ScratchTrim() {
+    for (std::vector<uint8_t>& buffer : scratch_buffers) {
+      if (buffer.size() > kKeptBytes) std::vector<uint8_t>().swap(buffer);
+    }
   }
-}
+};
 
 // The horizontal pass over rows [row0, row0 + rows) of src: columns become lines of a
 // transposed copy (pixels of P bytes), are weighted as lines, and are transposed back into
@@ -264,9 +267,10 @@ int resnest_resample(const uint8_t* src, int height, int width, int channels, pt
                      uint8_t* out) {
   const Filter* f = filter_for(filter);
   if (f == nullptr) return 1;
-  if (out_w <= 0 || out_h <= 0 || channels < 1 || channels > 4 || x0 < 0 || y0 < 0 || x1 > width ||
-      y1 > height || x1 <= x0 || y1 <= y0)
+  if (out_w <= 0 || out_h <= 0 || channels < 1 || channels > 4 || x0 < 0 || y0 < 0 ||
+      x1 > width || y1 > height || x1 <= x0 || y1 <= y0)
     return 2;
+  ScratchTrim trim;
   try {
     const size_t out_line = (size_t)out_w * channels;
     if (out_w == width && out_h == height && x0 == 0 && y0 == 0 && x1 == out_w &&
@@ -286,20 +290,15 @@ int resnest_resample(const uint8_t* src, int height, int width, int channels, pt
       Taps horizontal = compute_taps(width, x0, x1, out_w, *f);
       uint8_t* temp = need_vertical ? scratch(2, (size_t)(row1 - row0) * out_line) : out;
       horizontal_pass(src, stride, row0, row1 - row0, channels, horizontal, out_w, temp);
-      if (!need_vertical) {
-        trim_scratch();
-        return 0;
-      }
+      if (!need_vertical) return 0;
       lines = temp;
       line_stride = (ptrdiff_t)out_line;
       line_offset = row0;
     }
     resample_lines(lines, line_stride, line_offset, vertical, (int)out_line, out,
                    (ptrdiff_t)out_line);
-    trim_scratch();
     return 0;
   } catch (const std::bad_alloc&) {
-    trim_scratch();
     return 3;
   }
 }
