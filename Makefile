@@ -77,7 +77,7 @@ env: $(DEPS_STAMP) $(PEERS_STAMP)
 	  $(VPY) -m pip install --quiet --no-deps --no-build-isolation -e . && \
 	  echo "$(CURDIR)" > $(VENV)/.source-dir; \
 	fi
-	@$(VPY) -m resnest_gluon.models.extension 2>&1 | tail -1 || true
+	@$(VPY) -m resnest_gluon.models.extension 2>&1 | tail -2 || true
 	@$(VPY) -c "import sys; from resnest_gluon.data.resample import main; sys.exit(main())" \
 	  2>&1 | tail -1 || true
 

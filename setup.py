@@ -23,6 +23,9 @@ setup(
         "opencv-python<4.9",
         "matplotlib<3.9",
         "safetensors>=0.4",
+        # oneDNN 2.6's library and headers for the compiled Winograd convolution (CPUs)
+        'onednn-cpu-gomp==2022.2.1; platform_machine == "x86_64"',
+        'onednn-devel-cpu-gomp==2022.2.1; platform_machine == "x86_64"',
     ],
     extras_require={
         # The CUDA build replaces the CPU one: pip install resnest_gluon[cu112] then

@@ -76,14 +76,15 @@ def _first_error(stderr: str) -> str:
 
 
 def _compile(target: str, sources: Sequence[str], flags: Sequence[str], includes: Sequence[str],
-             what: str) -> None:
-    """Compile ``sources`` into ``target`` (via a temporary file in the same folder)."""
+             what: str, libraries: Sequence[str] = ()) -> None:
+    """Compile ``sources`` into ``target`` (via a temporary file in the same folder), linked
+    with ``libraries`` (linker arguments, after the sources)."""
     compiler = _compiler()
     handle, partial = tempfile.mkstemp(prefix=".build-", suffix=".so",
                                        dir=os.path.dirname(target))
     os.close(handle)
     command = [*compiler, *flags, *(f"-I{folder}" for folder in includes), *sources,
-               "-o", partial]
+               *libraries, "-o", partial]
     log.info("compiling %s (%s, once per version)", what, os.path.basename(target))
     source = os.path.basename(sources[0])
     try:
@@ -104,7 +105,7 @@ def _compile(target: str, sources: Sequence[str], flags: Sequence[str], includes
 
 def cached_library(name: str, sources: Sequence[str], flags: Sequence[str],
                    key: Sequence[str] = (), includes: Sequence[str] = (), what: str = None,
-                   cache_dir: str = None) -> str:
+                   cache_dir: str = None, libraries: Sequence[str] = ()) -> str:
     """The cached library's path, compiling it first if no process has yet.
 
     Parameters
@@ -124,6 +125,8 @@ def cached_library(name: str, sources: Sequence[str], flags: Sequence[str],
     cache_dir : str, optional
         The cache folder (default ``$RESNEST_GLUON_EXTENSIONS``, else
         ``~/.cache/resnest_gluon/extensions``).
+    libraries : sequence of str
+        Linker arguments after the sources (``-L``, ``-l``, rpath); part of the cache name.
 
     Raises
     ------
@@ -132,7 +135,7 @@ def cached_library(name: str, sources: Sequence[str], flags: Sequence[str],
     """
     what = what or name
     try:
-        target = library_path(name, sources, flags, key, cache_dir)
+        target = library_path(name, sources, (*flags, *libraries), key, cache_dir)
         if os.path.isfile(target):
             return target
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -142,7 +145,7 @@ def cached_library(name: str, sources: Sequence[str], flags: Sequence[str],
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not os.path.isfile(target):
-                _compile(target, sources, flags, includes, what)
+                _compile(target, sources, flags, includes, what, libraries)
         finally:
             os.close(lock)
     except OSError as err:

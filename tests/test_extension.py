@@ -6,6 +6,7 @@ own formulations in tests/test_splat.py; here: concurrent first builds, a machin
 compiler, and the command that builds it ahead. Each case runs in a fresh interpreter with
 its own cache folder, since a process loads the library once.
 """
+import importlib.util
 import os
 import subprocess
 import sys
@@ -33,6 +34,23 @@ _USE = textwrap.dedent("""
 """)
 
 
+_WINOGRAD = textwrap.dedent("""
+    from resnest_gluon.models.splat import GroupedConv2D
+    kind = implementations_for("cpu")["grouped_conv"]
+    conv = GroupedConv2D(32, 3, 1, 1, groups=2, use_bias=False, in_channels=32,
+                         grouped_conv=kind)
+    conv.initialize()
+    conv.hybridize(static_alloc=True)
+    x = mx.nd.random.uniform(shape=(2, 32, 6, 5))
+    x.attach_grad()
+    with autograd.record():
+        y = conv(x)
+    y.backward()
+    mx.nd.waitall()
+    print("conv", kind, y.shape, float(x.grad.abs().sum().asscalar()) > 0)
+""")
+
+
 def _run(code, cache, env_extra=None, args=()):
     env = dict(os.environ, RESNEST_GLUON_EXTENSIONS=str(cache), **(env_extra or {}))
     return subprocess.Popen([sys.executable, *(["-c", code] if code else []), *args], env=env,
@@ -45,19 +63,22 @@ def _finish(process):
 
 
 def test_two_processes_building_at_once_share_one_library(tmp_path):
-    started = [_run(_USE, tmp_path) for _ in range(2)]
-    compilations = 0
+    from resnest_gluon.models.extension import winograd_conv_available
+    has_winograd = winograd_conv_available()
+    started = [_run(_USE + _WINOGRAD, tmp_path) for _ in range(2)]
+    compilations = {"split-attention operator": 0, "Winograd convolution": 0}
     for code, out, err in map(_finish, started):
         assert code == 0, err[-2000:]
         assert "product radix_sum (2, 8, 6, 5) True" in out
         assert "WARNING" not in err
-        compilations += err.count("compiling the split-attention operator")
-    assert compilations == 1        # the other process waited on the lock, then loaded
-    names = sorted(os.listdir(tmp_path))
-    assert [n for n in names if n.endswith(".so")] == [n for n in names
-                                                       if n.startswith("libresnest_ops-")
-                                                       and n.endswith(".so")]
-    assert len([n for n in names if n.endswith(".so")]) == 1, names   # no partial builds
+        for what in compilations:
+            compilations[what] += err.count(f"compiling the {what}")
+    # the other process waited on the lock, then loaded
+    assert compilations == {"split-attention operator": 1,
+                            "Winograd convolution": int(has_winograd)}
+    libraries = sorted(n for n in os.listdir(tmp_path) if n.endswith(".so"))  # none partial
+    assert [n.split("-")[0] for n in libraries] == (["libresnest_ops"] + ["libresnest_winograd"]
+                                                    * has_winograd), libraries
 
 
 def test_without_a_compiler_split_attention_falls_back_with_one_warning(tmp_path):
@@ -90,26 +111,39 @@ def test_the_build_command_reports_in_one_line(tmp_path, compiler, status):
     code, out, err = _finish(_run(None, tmp_path, env,
                                   ["-m", "resnest_gluon.models.extension"]))
     assert code == status
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("split-attention operator ready: " if status == 0 else "error: ")
+    lines = err.strip().splitlines()
+    if status == 0:
+        assert lines[-2].startswith("split-attention operator ready: ")
+        assert lines[-1].startswith(("Winograd convolution ready: ",
+                                     "Winograd convolution not used here: "))
+    else:
+        assert lines[-1].startswith("error: ")
 
 
 def test_it_loads_after_horovods_mxnet_module(tmp_path):
     """Horovod's MXNet module, loaded globally, carries other definitions of the extension
     API's C++ symbols; the library binds to its own (-Bsymbolic), or its constructor crashed
     (SIGFPE) in every rank of a horovodrun job."""
-    pytest.importorskip("horovod.mxnet")
-    code = "import horovod.mxnet\n" + _USE
+    # not imported here: horovod.mxnet breaks Pillow's JPEG codec in the importing process
+    # (Pillow's libjpeg calls bind to libmxnet's), and later tests decode photos
+    assert importlib.util.find_spec("horovod") is not None, "make env installs Horovod"
+    code = "import horovod.mxnet\n" + _USE + _WINOGRAD
     status, out, err = _finish(_run(code, tmp_path))
     assert status == 0, err[-2000:]
     assert "product radix_sum (2, 8, 6, 5) True" in out
+    # the Winograd library links a oneDNN of its own beside MXNet's
+    from resnest_gluon.models.extension import winograd_conv_available
+    kind = "winograd" if winograd_conv_available() else "split-narrow"
+    assert f"conv {kind} (2, 32, 6, 5) True" in out
 
 
 def test_the_library_is_readable_by_other_users_and_no_partial_file_is_left(tmp_path):
     code, out, err = _finish(_run(_USE, tmp_path))
     assert code == 0, err[-2000:]
-    (library,) = [n for n in os.listdir(tmp_path) if n.endswith(".so")]
-    assert os.stat(tmp_path / library).st_mode & 0o055 == 0o055     # group and others: r-x
+    libraries = [n for n in os.listdir(tmp_path) if n.endswith(".so")]
+    assert libraries      # (the Winograd library too, where this CPU runs it)
+    for library in libraries:
+        assert os.stat(tmp_path / library).st_mode & 0o055 == 0o055   # group and others: r-x
     empty = tmp_path / "empty"
     code, out, err = _finish(_run(_USE, empty, {"CXX": "", "PATH": "/nonexistent"}))
     assert code == 0, err[-2000:]

@@ -27,7 +27,7 @@ _PROBE = textwrap.dedent("""
     from mxnet import autograd
     from resnest_gluon.commands.bench_model import build
     impl, name, trace = sys.argv[1], sys.argv[2], sys.argv[3]
-    net = build(impl, name, classes=10)
+    net = build(impl, name, classes=10, mode="train")   # as the trainer builds it
     net.initialize(mx.init.Xavier())
     net.hybridize(static_alloc=True, static_shape=True)
     x = mx.nd.random.uniform(shape=(8, 3, 112, 112))

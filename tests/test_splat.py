@@ -180,8 +180,11 @@ def test_split_narrow_groups_compute_what_one_grouped_convolution_computes(radix
                                                    cardinality=cardinality,
                                                    in_channels=channels, grouped_conv=kind)
                             for kind in GROUPED_CONVS])
-    assert [b.conv.split_groups for b in blocks] == [False, True]
-    _assert_same(*results)
+    # (groups this narrow are no Winograd operator's: "winograd" splits them too)
+    assert [b.conv.split_groups for b in blocks] == [False, True, True]
+    assert not any(b.conv.winograd for b in blocks)
+    _assert_same(*results[:2])
+    _assert_same(results[0], results[2])
 
 
 def test_only_groups_off_the_onednn_block_are_split():

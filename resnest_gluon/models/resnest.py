@@ -380,4 +380,12 @@ class ResNeSt(nn.HybridBlock):
             if min(shape[2:]) < 32:
                 raise ValueError(f"input height and width must be at least 32 (the network "
                                  f"downsamples 32x), got {shape[2:]}")
+        if self._active and any(conv.stale() for conv in self._winograd_convs()):
+            self._clear_cached_op()     # grad_req changed since the graph was traced
         return super().forward(x, *args)
+
+    def _winograd_convs(self):
+        found = []
+        self.apply(lambda b: found.append(b) if isinstance(b, GroupedConv2D) and b.winograd
+                   else None)
+        return found

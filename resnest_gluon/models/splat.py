@@ -28,7 +28,7 @@ from .precision import narrowest
 
 __all__ = ["SplitAttentionConv", "attention_channels", "ATTENTION_PRODUCTS",
            "attention_product_for", "PORTABLE_PRODUCT", "GROUPED_CONVS", "grouped_conv_for",
-           "GroupedConv2D", "implementations_for", "portable_products"]
+           "GroupedConv2D", "implementations_for", "portable_products", "PORTABLE_CONV"]
 
 # How the attention weights multiply the splits and the splits are summed: the same numbers,
 # three kernels. radix_sum is the project's compiled CPU operator (models/extension.py): one
@@ -41,6 +41,13 @@ ATTENTION_PRODUCTS = ("batch_dot", "broadcast_mul", "radix_sum")
 PORTABLE_PRODUCT = "batch_dot"
 
 
+def _add_to() -> bool:
+    """MXNet's opt-in add-to gradient accumulation is on: it would ask the compiled operators
+    to add their gradients into the buffers; the extension API does not say so, and they
+    write them."""
+    return os.environ.get("MXNET_EXEC_ENABLE_ADDTO", "0") not in ("", "0")
+
+
 def attention_product_for(device_type: str, dtype: str = "float32") -> str:
     """The default product for a device type: radix_sum on ``cpu`` in float32 where the
     compiled operator builds (else batch_dot; also under ``MXNET_EXEC_ENABLE_ADDTO``),
@@ -48,32 +55,42 @@ def attention_product_for(device_type: str, dtype: str = "float32") -> str:
     (:func:`portable_products`)."""
     if device_type != "cpu":
         return "broadcast_mul"
-    # MXNet's opt-in add-to gradient accumulation would ask the operator to add its gradients
-    # into the buffers; the extension API does not say so, and the operator writes them.
-    add_to = os.environ.get("MXNET_EXEC_ENABLE_ADDTO", "0") not in ("", "0")
-    if dtype == "float32" and not add_to and extension.radix_sum_available():
+    if dtype == "float32" and not _add_to() and extension.radix_sum_available():
         return "radix_sum"
     return PORTABLE_PRODUCT
 
 
-# How a grouped convolution runs: the same parameters and results, two graphs. "single" is one
-# Convolution with num_group (cuDNN's grouped kernels; GPUs). "split-narrow" runs each group
-# as its own dense convolution where a group's input width is not a multiple of oneDNN's
-# 16-channel block: oneDNN has no blocked kernel for such groups and falls back to im2col +
-# GEMM (the 2x40d and 4x24d variants ran at a quarter of ResNet-D's FLOP rate); split, the
-# dense convolutions get its fast kernels (docs/benchmarks.md).
-GROUPED_CONVS = ("single", "split-narrow")
+# How a grouped convolution runs: the same parameters and results, three graphs. "single" is
+# one Convolution with num_group (cuDNN's grouped kernels; GPUs). "split-narrow" runs each
+# group as its own dense convolution where a group's input width is not a multiple of
+# oneDNN's 16-channel block: oneDNN has no blocked kernel for such groups and falls back to
+# im2col + GEMM (the 2x40d and 4x24d variants ran at a quarter of ResNet-D's FLOP rate); split,
+# the dense convolutions get its fast kernels (docs/benchmarks.md). "winograd" runs 3x3
+# convolutions (stride 1, 16-channel-aligned groups) with oneDNN's Winograd kernels through
+# the project's compiled operator (models/extension.py; CPUs with AVX-512, float32), about
+# twice as fast as MXNet's direct ones; other convolutions run as with "split-narrow".
+GROUPED_CONVS = ("single", "split-narrow", "winograd")
 ONEDNN_CHANNEL_BLOCK = 16
+PORTABLE_CONV = "split-narrow"
 
 
-def grouped_conv_for(device_type: str) -> str:
-    """The default grouped convolution for a device type: split-narrow on ``cpu``, single on
-    ``gpu``."""
-    return "split-narrow" if device_type == "cpu" else "single"
+def grouped_conv_for(device_type: str, dtype: str = "float32", training: bool = False) -> str:
+    """The default grouped convolution for a device type: single on ``gpu``; on ``cpu``,
+    winograd for inference in float32 where the compiled operator runs, else split-narrow.
+    Training keeps split-narrow by default: with the Winograd operator it is faster, but
+    its plain-layout copies raise the training memory above gluoncv's (docs/benchmarks.md);
+    ``model.grouped_conv=winograd`` asks for it."""
+    if device_type != "cpu":
+        return "single"
+    if (dtype == "float32" and not training and not _add_to()
+            and extension.winograd_conv_available()):
+        return "winograd"
+    return PORTABLE_CONV
 
 
 def implementations_for(device_type: str, attention_product: str = "auto",
-                        grouped_conv: str = "auto", dtype: str = "float32") -> dict:
+                        grouped_conv: str = "auto", dtype: str = "float32",
+                        training: bool = False) -> dict:
     """The network arguments choosing how split attention and grouped convolutions run on a
     ``device_type`` device computing in ``dtype``; "auto" takes the device's default, anything
     else is kept (the compiled operator only where it can run)."""
@@ -82,40 +99,54 @@ def implementations_for(device_type: str, attention_product: str = "auto",
     elif attention_product == "radix_sum" and (device_type != "cpu" or dtype != "float32"):
         raise ValueError(f"attention_product=radix_sum runs on CPUs in float32 only (here: "
                          f"{device_type}, {dtype}); use auto, batch_dot or broadcast_mul")
-    return {"attention_product": attention_product,
-            "grouped_conv": grouped_conv_for(device_type) if grouped_conv == "auto"
-            else grouped_conv}
+    if grouped_conv == "auto":
+        grouped_conv = grouped_conv_for(device_type, dtype, training)
+    elif grouped_conv == "winograd" and (device_type != "cpu" or dtype != "float32"):
+        raise ValueError(f"grouped_conv=winograd runs on CPUs in float32 only (here: "
+                         f"{device_type}, {dtype}); use auto, single or split-narrow")
+    return {"attention_product": attention_product, "grouped_conv": grouped_conv}
 
 
 @contextlib.contextmanager
 def portable_products(net):
-    """Within the block, ``net``'s split-attention blocks trace MXNet's own operators instead
-    of the compiled one (same parameters and results): for graphs that are exported or
-    converted to another dtype. Restored afterwards."""
-    switched = []
-    net.apply(lambda block: switched.append(block) if isinstance(block, SplitAttentionConv)
-              and block.attention_product == "radix_sum" else None)
-    for block in switched:
+    """Within the block, ``net``'s split-attention blocks and grouped convolutions trace
+    MXNet's own operators instead of the compiled ones (same parameters and results): for
+    graphs that are exported or converted to another dtype. Restored afterwards."""
+    products, convs = [], []
+
+    def collect(block):
+        if isinstance(block, SplitAttentionConv) and block.attention_product == "radix_sum":
+            products.append(block)
+        if isinstance(block, GroupedConv2D) and block.winograd:
+            convs.append(block)
+    net.apply(collect)
+    for block in products:
         block.attention_product = PORTABLE_PRODUCT
+    for block in convs:
+        block.winograd = False
     net._clear_cached_op()      # pylint: disable=protected-access; re-traced at the next call
     try:
         yield net
     finally:
-        for block in switched:
+        for block in products:
             block.attention_product = "radix_sum"
+        for block in convs:
+            block.winograd = True
         net._clear_cached_op()  # pylint: disable=protected-access
 
 
 class GroupedConv2D(nn.Conv2D):
     """``nn.Conv2D`` (same parameters, names and results) that can run its groups as separate
-    dense convolutions.
+    dense convolutions, or as the compiled Winograd operator.
 
     Parameters
     ----------
     grouped_conv : str
-        One of :data:`GROUPED_CONVS`; with "split-narrow", a convolution whose groups are
+        One of :data:`GROUPED_CONVS`. With "split-narrow", a convolution whose groups are
         narrower than, or not a multiple of, 16 input channels splits its input and weight
-        per group, convolves each and concatenates the outputs.
+        per group, convolves each and concatenates the outputs. With "winograd", a 3x3
+        convolution with stride 1, padding 1, no dilation or bias and groups of multiples of
+        16 channels runs as ``resnest_conv3x3``; any other as with "split-narrow".
     *args, **kwargs
         Those of ``nn.Conv2D`` (``in_channels`` and ``groups`` must be given).
     """
@@ -127,13 +158,48 @@ class GroupedConv2D(nn.Conv2D):
                              f"{grouped_conv!r}")
         groups = self._kwargs["num_group"]
         width = self._in_channels // groups
-        self.split_groups = (grouped_conv == "split-narrow" and groups > 1
+        self.split_groups = (grouped_conv != "single" and groups > 1
                              and width % ONEDNN_CHANNEL_BLOCK != 0)
+        self.winograd = grouped_conv == "winograd" and self._winograd_shaped()
+        if self.winograd:
+            extension.load_winograd_conv()
+
+    def _traced_weight(self, F, weight):
+        """The weight as the Winograd operator reads it. The extension API does not pass
+        MXNet's add requests, so where gradients accumulate (``grad_req='add'``) the
+        operator's weight gradient lands in an intermediate array, through an identity whose
+        own gradient adds; elsewhere (the identity's copy costs memory) the weight itself.
+        :meth:`stale` tells a graph traced under another ``grad_req``."""
+        self.traced_grad_req = self.weight.grad_req
+        return F.identity(weight) if self.traced_grad_req == "add" else weight
+
+    def stale(self) -> bool:
+        """Whether the traced graph no longer honours the weight's ``grad_req`` (changed to or
+        from 'add' since): the network must be traced again."""
+        traced = getattr(self, "traced_grad_req", None)
+        return (self.winograd and traced is not None
+                and (traced == "add") != (self.weight.grad_req == "add"))
+
+    def _winograd_shaped(self) -> bool:
+        """Whether this convolution is one the Winograd operator computes."""
+        k = self._kwargs
+        aligned = all(width % ONEDNN_CHANNEL_BLOCK == 0 for width in
+                      (self._in_channels // k["num_group"], self._channels // k["num_group"]))
+        return (tuple(k["kernel"]) == (3, 3) and tuple(k["stride"]) == (1, 1)
+                and tuple(k["pad"]) == (1, 1) and tuple(k["dilate"]) == (1, 1)
+                and k["no_bias"] and aligned)
 
     def hybrid_forward(self, F, x, weight, bias=None):
+        groups = self._kwargs["num_group"]
+        if self.winograd:
+            # x in MXNet's plain layout inside the planned graph (an identity reshape converts
+            # a oneDNN-layout array): the extension API would convert it into an unplanned
+            # temporary array on every call (see the radix sum)
+            return getattr(F, extension.CONV3X3_OP)(F.reshape(x, (0, 0, 0, 0)),
+                                                    self._traced_weight(F, weight),
+                                                    groups=groups)
         if not self.split_groups:
             return super().hybrid_forward(F, x, weight, bias)
-        groups = self._kwargs["num_group"]
         kwargs = dict(self._kwargs, num_group=1, num_filter=self._channels // groups)
         inputs = F.split(x, num_outputs=groups, axis=1)
         weights = F.split(weight, num_outputs=groups, axis=0)

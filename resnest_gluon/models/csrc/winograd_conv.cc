@@ -1,0 +1,412 @@
+// resnest_conv3x3: a 3x3 convolution (stride 1, padding 1, no dilation, no bias, any number of
+// groups) run with oneDNN's Winograd F(4x4, 3x3) kernels, as one MXNet operator (MXNet's
+// extension API, include/mxnet/lib_api.h of the installed wheel).
+//
+// MXNet 1.9 asks oneDNN for direct convolutions only. On CPUs with AVX-512, oneDNN's Winograd
+// kernels compute the same convolution with about a quarter of the multiplications and ran
+// the 3x3 convolutions of split attention about twice as fast, forward and both backward
+// passes (docs/benchmarks.md). They have no grouped variant, so each group is one dense
+// convolution over a channel slice of the plain NCHW tensors: reorders copy the slice into the
+// kernel's blocked layout and the result back, inside one pass over the group.
+//
+// Inputs must already be in MXNet's plain layout (the Python side reshapes x first; the
+// extension API would otherwise convert it into an unplanned temporary array on every call).
+// float32 only. The oneDNN used here is the one of the `onednn-cpu-gomp` wheel (not MXNet's
+// own copy, whose symbols libmxnet.so does not export).
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "mxnet/lib_api.h"
+
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::OpResource;
+using Attributes = std::unordered_map<std::string, std::string>;
+using dnnl::memory;
+
+namespace {
+
+const char* kName = "resnest_conv3x3";
+
+int64_t groups_of(const Attributes& attrs) {
+  auto found = attrs.find("groups");
+  if (found == attrs.end()) return 0;
+  try {
+    return std::stoll(found->second);
+  } catch (...) {
+    return 0;
+  }
+}
+
+// One group's convolution: batch, input and output channels of the group, image size; and
+// the whole tensors' channel counts (the group's slice strides over them).
+struct Geometry {
+  int64_t batch, in_channels, out_channels, height, width, groups;
+  int64_t group_in() const { return in_channels / groups; }
+  int64_t group_out() const { return out_channels / groups; }
+  auto key() const {
+    return std::make_tuple(batch, in_channels, out_channels, height, width, groups);
+  }
+};
+
+Geometry geometry_of(const MXTensor& x, const MXTensor& weight, int64_t groups) {
+  return {x.shape[0], x.shape[1], weight.shape[0], x.shape[2], x.shape[3], groups};
+}
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// A group's channel slice of a plain (N, C_total, H, W) tensor.
+memory::desc plain_slice(const Geometry& g, int64_t channels, int64_t total_channels) {
+  return memory::desc({g.batch, channels, g.height, g.width}, memory::data_type::f32,
+                      memory::dims{total_channels * g.height * g.width, g.height * g.width,
+                                   g.width, 1});
+}
+
+memory::desc any_layout(const memory::dims& dims) {
+  return memory::desc(dims, memory::data_type::f32, memory::format_tag::any);
+}
+
+memory::desc group_weights(const Geometry& g) {
+  return memory::desc({g.group_out(), g.group_in(), 3, 3}, memory::data_type::f32,
+                      memory::format_tag::oihw);
+}
+
+// The primitives of one geometry, created on first use and kept (creating a Winograd
+// primitive costs far more than running a small one). Their scratchpads are the caller's
+// (MXNet's reused temporary space): oneDNN's own were allocated afresh, and first touched,
+// on many calls.
+struct Kernels {
+  dnnl::convolution_forward::primitive_desc forward_pd;
+  dnnl::convolution_backward_data::primitive_desc backward_data_pd;
+  dnnl::convolution_backward_weights::primitive_desc backward_weights_pd;
+  dnnl::convolution_forward forward;
+  dnnl::convolution_backward_data backward_data;
+  dnnl::convolution_backward_weights backward_weights;
+};
+
+Kernels make_kernels(const Geometry& g) {
+  const memory::dims src = {g.batch, g.group_in(), g.height, g.width};
+  const memory::dims dst = {g.batch, g.group_out(), g.height, g.width};
+  const memory::dims weights = {g.group_out(), g.group_in(), 3, 3};
+  const memory::dims strides = {1, 1}, padding = {1, 1};
+  const auto algorithm = dnnl::algorithm::convolution_winograd;
+  dnnl::engine& engine = cpu_engine();
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::convolution_forward::primitive_desc forward(
+      {dnnl::prop_kind::forward_training, algorithm, any_layout(src), any_layout(weights),
+       any_layout(dst), strides, padding, padding},
+      attr, engine);
+  dnnl::convolution_backward_data::primitive_desc backward_data(
+      {algorithm, any_layout(src), any_layout(weights), any_layout(dst), strides, padding,
+       padding},
+      attr, engine, forward);
+  dnnl::convolution_backward_weights::primitive_desc backward_weights(
+      {algorithm, any_layout(src), any_layout(weights), any_layout(dst), strides, padding,
+       padding},
+      attr, engine, forward);
+  return {forward,
+          backward_data,
+          backward_weights,
+          dnnl::convolution_forward(forward),
+          dnnl::convolution_backward_data(backward_data),
+          dnnl::convolution_backward_weights(backward_weights)};
+}
+
+const Kernels& kernels_for(const Geometry& g) {
+  static std::mutex lock;
+  static std::map<decltype(g.key()), std::unique_ptr<Kernels>> cache;
+  std::lock_guard<std::mutex> guard(lock);
+  auto& slot = cache[g.key()];
+  if (!slot) slot.reset(new Kernels(make_kernels(g)));
+  return *slot;
+}
+
+// Scratch arrays carved out of one allocation of MXNet's temporary space (the API hands out
+// one buffer per call: a second alloc_cpu would return the same memory). MXNet reuses it
+// across operators; a buffer of the library's own added its size to the peak instead.
+class Scratch {
+ public:
+  Scratch(const OpResource& resource, const std::vector<memory::desc>& descs) {
+    size_t total = 0;
+    for (const auto& desc : descs) total += aligned(desc.get_size());
+    char* base = static_cast<char*>(resource.alloc_cpu(static_cast<int>(total)));
+    for (const auto& desc : descs) {
+      arrays_.emplace_back(desc, cpu_engine(), base);
+      base += aligned(desc.get_size());
+    }
+  }
+  memory& operator[](size_t i) { return arrays_[i]; }
+
+ private:
+  static size_t aligned(size_t bytes) { return (bytes + 63) / 64 * 64; }
+  std::vector<memory> arrays_;
+};
+
+void copy(dnnl::stream& stream, memory& from, memory& to) {
+  dnnl::reorder(from, to).execute(stream, from, to);
+}
+
+memory view(const memory::desc& desc, const float* data) {
+  return memory(desc, cpu_engine(), const_cast<float*>(data));
+}
+
+MXReturnValue parse_attrs(const Attributes& attrs, int* num_inputs, int* num_outputs) {
+  if (groups_of(attrs) < 1) {
+    MX_ERROR_MSG << kName << ": groups must be an integer >= 1";
+    return mxnet::ext::MX_FAIL;
+  }
+  *num_inputs = 2;
+  *num_outputs = 1;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue infer_type(const Attributes& attrs, std::vector<int>* in_types,
+                         std::vector<int>* out_types) {
+  for (int& type : *in_types) {
+    if (type == -1) type = mxnet::ext::kFloat32;
+    if (type != mxnet::ext::kFloat32) {
+      MX_ERROR_MSG << kName << ": float32 inputs only (got dtype code " << type << ")";
+      return mxnet::ext::MX_FAIL;
+    }
+  }
+  out_types->at(0) = mxnet::ext::kFloat32;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue infer_shape(const Attributes& attrs,
+                          std::vector<std::vector<unsigned int>>* in_shapes,
+                          std::vector<std::vector<unsigned int>>* out_shapes) {
+  const int64_t groups = groups_of(attrs);
+  const std::vector<unsigned int>& x = in_shapes->at(0);
+  const std::vector<unsigned int>& weight = in_shapes->at(1);
+  if (x.size() != 4 || weight.size() != 4 || weight[2] != 3 || weight[3] != 3 ||
+      x[1] % groups != 0 || weight[0] % groups != 0 || weight[1] * groups != x[1]) {
+    MX_ERROR_MSG << kName << ": x must be (N, C, H, W) and the weight (O, C / groups, 3, 3) "
+                 << "with C and O divisible by groups";
+    return mxnet::ext::MX_FAIL;
+  }
+  out_shapes->at(0) = {x[0], weight[0], x[2], x[3]};
+  return mxnet::ext::MX_SUCCESS;
+}
+
+// The batch runs in chunks of images whose Winograd buffers (the transformed tiles in the
+// scratchpad, the blocked copies) stay near kChunkBytes: with the whole batch at once they
+// took over 100 MB for ResNeSt-50's first stages at batch 16, and inference memory grew by
+// as much (8 MB: no slower than 16 MB, 13 MB less at the peak; 4 MB was slower). Chunks of
+// one size or one less (two geometries, two sets of primitives).
+constexpr int64_t kChunkBytes = int64_t(8) << 20;
+
+struct Chunks {
+  int64_t count, size;
+  int64_t begin(int64_t i) const { return i * size - std::max<int64_t>(0, i - rest()); }
+  int64_t length(int64_t i) const { return i < rest() ? size : size - 1; }
+  int64_t total;
+  int64_t rest() const { return total - count * (size - 1); }   // chunks of the full size
+};
+
+Chunks chunks_of(const Geometry& g) {
+  // transformed 6x6 tiles per 4x4 outputs (36/16) and the blocked copy: about 3.25 floats
+  // per input and output value of the group
+  const int64_t per_image = (g.group_in() + g.group_out()) * g.height * g.width * 13;
+  const int64_t fit = std::max<int64_t>(1, kChunkBytes / std::max<int64_t>(1, per_image));
+  const int64_t count = (g.batch + fit - 1) / fit;
+  return {count, (g.batch + count - 1) / count, g.batch};
+}
+
+Geometry with_batch(Geometry g, int64_t batch) {
+  g.batch = batch;
+  return g;
+}
+
+// dst += src (a reorder with a sum post-op): the weight gradients of later chunks.
+void accumulate(dnnl::stream& stream, memory& from, memory& to) {
+  dnnl::post_ops sum;
+  sum.append_sum(1.f);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(sum);
+  dnnl::reorder(dnnl::reorder::primitive_desc(from, to, attr)).execute(stream, from, to);
+}
+
+// Offsets (in floats) of image n, group g's channel slice, in a plain (N, C_total, H, W).
+int64_t slice_offset(const Geometry& g, int64_t image, int64_t channels_total,
+                     int64_t group_channels, int64_t group) {
+  return (image * channels_total + group * group_channels) * g.height * g.width;
+}
+
+// An array of desc's layout over memory already allocated for a larger chunk.
+memory within(const memory::desc& desc, const memory& allocated) {
+  if (desc.get_size() > allocated.get_desc().get_size())
+    throw std::runtime_error("a chunk's array outgrew the scratch space");
+  return memory(desc, cpu_engine(), allocated.get_data_handle());
+}
+
+// inputs: x, weight; outputs: y
+MXReturnValue run_forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
+                          std::vector<MXTensor>* outputs, const OpResource& resource) {
+  const Geometry whole = geometry_of(inputs->at(0), inputs->at(1), groups_of(attrs));
+  const Chunks chunks = chunks_of(whole);
+  const Kernels& largest = kernels_for(with_batch(whole, chunks.size));
+  const auto& pd = largest.forward_pd;
+  dnnl::stream stream(cpu_engine());
+  Scratch scratch(resource, {pd.src_desc(), pd.weights_desc(), pd.dst_desc(),
+                             pd.scratchpad_desc()});
+  const float* x = inputs->at(0).data<float>();
+  const float* weight = inputs->at(1).data<float>();
+  float* y = outputs->at(0).data<float>();
+  const Geometry& g = whole;
+  for (int64_t group = 0; group < g.groups; ++group) {
+    memory w_slice = view(group_weights(g), weight + group * g.group_out() * g.group_in() * 9);
+    copy(stream, w_slice, scratch[1]);
+    for (int64_t chunk = 0; chunk < chunks.count; ++chunk) {
+      const Geometry part = with_batch(g, chunks.length(chunk));
+      const Kernels& kernels = kernels_for(part);
+      const int64_t first = chunks.begin(chunk);
+      memory x_slice = view(plain_slice(part, g.group_in(), g.in_channels),
+                            x + slice_offset(g, first, g.in_channels, g.group_in(), group));
+      memory y_slice = view(plain_slice(part, g.group_out(), g.out_channels),
+                            y + slice_offset(g, first, g.out_channels, g.group_out(), group));
+      memory src = within(kernels.forward_pd.src_desc(), scratch[0]);
+      memory dst = within(kernels.forward_pd.dst_desc(), scratch[2]);
+      copy(stream, x_slice, src);
+      kernels.forward.execute(stream, {{DNNL_ARG_SRC, src},
+                                       {DNNL_ARG_WEIGHTS, scratch[1]},
+                                       {DNNL_ARG_DST, dst},
+                                       {DNNL_ARG_SCRATCHPAD, scratch[3]}});
+      copy(stream, dst, y_slice);
+    }
+  }
+  stream.wait();
+  return mxnet::ext::MX_SUCCESS;
+}
+
+// The larger of two scratchpads (the backward passes run one after the other).
+const memory::desc& larger(const memory::desc& a, const memory::desc& b) {
+  return a.get_size() >= b.get_size() ? a : b;
+}
+
+// inputs: dy, x, weight, y (output gradients, inputs, outputs); outputs: dx, dweight
+MXReturnValue run_backward(const Attributes& attrs, std::vector<MXTensor>* inputs,
+                           std::vector<MXTensor>* outputs, const OpResource& resource) {
+  const Geometry g = geometry_of(inputs->at(1), inputs->at(2), groups_of(attrs));
+  const Chunks chunks = chunks_of(g);
+  const Kernels& largest = kernels_for(with_batch(g, chunks.size));
+  const auto& data_pd = largest.backward_data_pd;
+  const auto& weights_pd = largest.backward_weights_pd;
+  dnnl::stream stream(cpu_engine());
+  Scratch scratch(resource, {data_pd.diff_dst_desc(), data_pd.weights_desc(),
+                             data_pd.diff_src_desc(), weights_pd.src_desc(),
+                             weights_pd.diff_dst_desc(), weights_pd.diff_weights_desc(),
+                             larger(data_pd.scratchpad_desc(), weights_pd.scratchpad_desc())});
+  const float* dy = inputs->at(0).data<float>();
+  const float* x = inputs->at(1).data<float>();
+  const float* weight = inputs->at(2).data<float>();
+  float* dx = outputs->at(0).data<float>();
+  float* dweight = outputs->at(1).data<float>();
+  for (int64_t group = 0; group < g.groups; ++group) {
+    const int64_t weight_offset = group * g.group_out() * g.group_in() * 9;
+    memory w_slice = view(group_weights(g), weight + weight_offset);
+    memory dw_slice = view(group_weights(g), dweight + weight_offset);
+    copy(stream, w_slice, scratch[1]);
+    for (int64_t chunk = 0; chunk < chunks.count; ++chunk) {
+      const Geometry part = with_batch(g, chunks.length(chunk));
+      const Kernels& k = kernels_for(part);
+      const int64_t first = chunks.begin(chunk);
+      const int64_t in_offset = slice_offset(g, first, g.in_channels, g.group_in(), group);
+      const int64_t out_offset = slice_offset(g, first, g.out_channels, g.group_out(), group);
+      memory dy_slice = view(plain_slice(part, g.group_out(), g.out_channels), dy + out_offset);
+      memory x_slice = view(plain_slice(part, g.group_in(), g.in_channels), x + in_offset);
+      memory dx_slice = view(plain_slice(part, g.group_in(), g.in_channels), dx + in_offset);
+      const auto& dpd = k.backward_data_pd;
+      const auto& wpd = k.backward_weights_pd;
+      memory diff_dst = within(dpd.diff_dst_desc(), scratch[0]);
+      memory diff_src = within(dpd.diff_src_desc(), scratch[2]);
+      memory src = within(wpd.src_desc(), scratch[3]);
+      memory weights_diff_dst = within(wpd.diff_dst_desc(), scratch[4]);
+      const bool same_diff_dst = dpd.diff_dst_desc() == wpd.diff_dst_desc();
+      copy(stream, dy_slice, diff_dst);
+      k.backward_data.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst},
+                                       {DNNL_ARG_WEIGHTS, scratch[1]},
+                                       {DNNL_ARG_DIFF_SRC, diff_src},
+                                       {DNNL_ARG_SCRATCHPAD, scratch[6]}});
+      copy(stream, diff_src, dx_slice);
+      copy(stream, x_slice, src);
+      if (!same_diff_dst) copy(stream, dy_slice, weights_diff_dst);
+      k.backward_weights.execute(stream,
+                                 {{DNNL_ARG_SRC, src},
+                                  {DNNL_ARG_DIFF_DST, same_diff_dst ? diff_dst : weights_diff_dst},
+                                  {DNNL_ARG_DIFF_WEIGHTS, scratch[5]},
+                                  {DNNL_ARG_SCRATCHPAD, scratch[6]}});
+      if (chunk == 0) {
+        copy(stream, scratch[5], dw_slice);
+      } else {
+        accumulate(stream, scratch[5], dw_slice);
+      }
+    }
+  }
+  stream.wait();
+  return mxnet::ext::MX_SUCCESS;
+}
+
+// oneDNN reports what it cannot do (no kernel for this CPU, out of memory) by exceptions,
+// which must not cross into MXNet.
+template <typename Body>
+MXReturnValue guarded(Body body, const Attributes& attrs, std::vector<MXTensor>* inputs,
+                      std::vector<MXTensor>* outputs, const OpResource& resource) {
+  try {
+    return body(attrs, inputs, outputs, resource);
+  } catch (const dnnl::error& err) {
+    MX_ERROR_MSG << kName << ": oneDNN: " << err.what();
+  } catch (const std::exception& err) {
+    MX_ERROR_MSG << kName << ": " << err.what();
+  }
+  return mxnet::ext::MX_FAIL;
+}
+
+MXReturnValue forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
+                      std::vector<MXTensor>* outputs, const OpResource& resource) {
+  return guarded(run_forward, attrs, inputs, outputs, resource);
+}
+
+MXReturnValue backward(const Attributes& attrs, std::vector<MXTensor>* inputs,
+                       std::vector<MXTensor>* outputs, const OpResource& resource) {
+  return guarded(run_backward, attrs, inputs, outputs, resource);
+}
+
+}  // namespace
+
+// Whether oneDNN has Winograd kernels on this CPU (1) or not (0): Python asks before it
+// picks the operator.
+extern "C" int resnest_winograd_supported() {
+  try {
+    make_kernels({1, 16, 16, 8, 8, 1});
+    return 1;
+  } catch (...) {
+    return 0;
+  }
+}
+
+REGISTER_OP(resnest_conv3x3)
+    .setParseAttrs(parse_attrs)
+    .setInferType(infer_type)
+    .setInferShape(infer_shape)
+    .setForward(forward, "cpu")
+    .setBackward(backward, "cpu");
+
+MXReturnValue initialize(int version) {
+  if (version >= 10700) return mxnet::ext::MX_SUCCESS;
+  MX_ERROR_MSG << kName << " needs MXNet 1.7 or newer (found " << version << ")";
+  return mxnet::ext::MX_FAIL;
+}
