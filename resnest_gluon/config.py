@@ -40,7 +40,7 @@ class ModelConfig:
     freeze: int = -1        # frozen for fine-tuning: -1 nothing, 0 the stem, k stem + stages 1..k
     # split attention: radix_sum (compiled, CPU float32), batch_dot, broadcast_mul, or auto
     attention_product: str = "auto"
-    grouped_conv: str = "auto"        # grouped 3x3 convolutions: single, split-narrow, or auto
+    grouped_conv: str = "auto"        # 3x3 convolutions: single, split-narrow, winograd or auto
     overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
