@@ -210,11 +210,10 @@ MXReturnValue infer_shape(const Attributes& attrs,
 constexpr int64_t kChunkBytes = int64_t(8) << 20;
 
 struct Chunks {
-  int64_t count, size;
-  int64_t begin(int64_t i) const { return i * size - std::max<int64_t>(0, i - rest()); }
-  int64_t length(int64_t i) const { return i < rest() ? size : size - 1; }
-  int64_t total;
-  int64_t rest() const { return total - count * (size - 1); }   // chunks of the full size
+  int64_t count, size, total;   // chunks, images in the larger ones, images in all
+  int64_t full() const { return total - count * (size - 1); }   // chunks of `size` images
+  int64_t begin(int64_t i) const { return i * size - std::max<int64_t>(0, i - full()); }
+  int64_t length(int64_t i) const { return i < full() ? size : size - 1; }
 };
 
 Chunks chunks_of(const Geometry& g) {
