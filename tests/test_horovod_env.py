@@ -38,3 +38,32 @@ def test_two_workers_broadcast_a_resnest(tmp_path):
     assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]   # the job's own words
     import numpy as np
     np.testing.assert_array_equal(np.load(tmp_path / "w0.npy"), np.load(tmp_path / "w1.npy"))
+
+
+@pytest.mark.timeout(120)
+def test_pillow_decodes_jpegs_after_the_horovod_context_starts(tmp_path):
+    """libmxnet.so exports a libjpeg under Pillow's symbol names; Horovod loads it globally, and
+    a Pillow loaded afterwards decoded no JPEG ("broken data stream"). dist.py is loaded alone
+    here, so nothing else imported Pillow first, as in a user's own script."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(load_sample_images().images[0]).save(photo, quality=90)
+    import resnest_gluon.training.dist as dist
+    code = textwrap.dedent(f"""
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("dist_alone", {dist.__file__!r})
+        dist = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(dist)
+        assert "PIL.Image" not in sys.modules
+        context = dist.HorovodContext()
+        from PIL import Image
+        image = Image.open({str(photo)!r})
+        image.draft("RGB", (160, 100))   # DCT scaling, as the loader decodes
+        image.load()
+        print("decoded", context.size, image.size)
+    """)
+    job = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=110)
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert "decoded 1 (160, 107)" in job.stdout

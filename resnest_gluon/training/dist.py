@@ -48,6 +48,19 @@ class SingleProcess:
         """Wait for all workers."""
 
 
+def _bind_pillow_to_its_own_libjpeg():
+    """Load Pillow's C module before Horovod makes libmxnet's symbols global.
+
+    libmxnet.so exports a libjpeg of its own under the same versioned names as Pillow's
+    (``jpeg_read_header@LIBJPEG_6.2`` ...). Horovod's MXNet module loads libmxnet globally, and a
+    Pillow loaded after that binds its JPEG calls to libmxnet's copy: every JPEG decode then
+    fails with "broken data stream" (the shards are fine). Python loads extension modules with
+    RTLD_NOW, so a Pillow imported first keeps its own libjpeg for the life of the process,
+    forked loader workers included.
+    """
+    import PIL.Image  # noqa: F401  (imported for its side effect on symbol binding)
+
+
 class HorovodContext(SingleProcess):
     """Workers launched by horovodrun; gradients allreduced by Horovod."""
 
@@ -60,6 +73,7 @@ class HorovodContext(SingleProcess):
         # A stalled collective (a dead or stuck peer) shuts the job down instead of hanging.
         os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", "60")
         os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(int(stall_timeout)))
+        _bind_pillow_to_its_own_libjpeg()
         import horovod.mxnet as hvd  # the one place horovod is imported
         self.hvd = hvd
         hvd.init()
