@@ -12,7 +12,8 @@ setup(
                                     "recordio_tools", "recordio_tools.*"]),
     # compiled on first use (resnest_gluon/native.py): the split-attention operator against
     # the installed MXNet, the evaluation transform's resampler
-    package_data={"resnest_gluon.models": ["csrc/*.cc"], "resnest_gluon.data": ["csrc/*.cc"]},
+    package_data={"resnest_gluon.models": ["csrc/*.cc", "csrc/*.h"],
+                  "resnest_gluon.data": ["csrc/*.cc"]},
     install_requires=[
         # mxnet 1.9.1 breaks with numpy >= 1.24 (np.bool, np.PZERO were removed).
         "numpy==1.23.5",

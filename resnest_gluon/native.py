@@ -52,16 +52,18 @@ def _cache_folder(cache_dir: str = None) -> str:
 
 
 def library_path(name: str, sources: Sequence[str], flags: Sequence[str],
-                 key: Sequence[str] = (), cache_dir: str = None) -> str:
+                 key: Sequence[str] = (), cache_dir: str = None,
+                 headers: Sequence[str] = ()) -> str:
     """Where the library built from ``sources`` with ``flags`` is (or will be) cached.
 
     The compiler itself is not part of the name (a library built on one machine loads on
     another of the same architecture, so nodes without a compiler can use a shared cache);
-    the sources' contents, the flags, the architecture, flags given in ``$CXX`` and ``key``
-    (e.g. the version of the library it is built against) are.
+    the contents of the sources and of the project's own ``headers``, the flags, the
+    architecture, flags given in ``$CXX`` and ``key`` (e.g. the version of the library it is
+    built against) are.
     """
     digest = hashlib.sha256()
-    for path in sources:
+    for path in (*sources, *headers):
         with open(path, "rb") as handle:
             digest.update(handle.read())
     extra_flags = shlex.split(os.environ.get("CXX", ""))[1:]
@@ -105,7 +107,8 @@ def _compile(target: str, sources: Sequence[str], flags: Sequence[str], includes
 
 def cached_library(name: str, sources: Sequence[str], flags: Sequence[str],
                    key: Sequence[str] = (), includes: Sequence[str] = (), what: str = None,
-                   cache_dir: str = None, libraries: Sequence[str] = ()) -> str:
+                   cache_dir: str = None, libraries: Sequence[str] = (),
+                   headers: Sequence[str] = ()) -> str:
     """The cached library's path, compiling it first if no process has yet.
 
     Parameters
@@ -119,7 +122,8 @@ def cached_library(name: str, sources: Sequence[str], flags: Sequence[str],
     key : sequence of str
         Anything else the library depends on (versions), for its cache name.
     includes : sequence of str
-        Header folders (not part of the cache name: the headers' version belongs in ``key``).
+        Header folders (not part of the cache name: the version of a library's headers
+        belongs in ``key``).
     what : str, optional
         What it is, in words, for the log line and errors.
     cache_dir : str, optional
@@ -127,6 +131,9 @@ def cached_library(name: str, sources: Sequence[str], flags: Sequence[str],
         ``~/.cache/resnest_gluon/extensions``).
     libraries : sequence of str
         Linker arguments after the sources (``-L``, ``-l``, rpath); part of the cache name.
+    headers : sequence of str
+        The project's own headers the sources include (their folder among ``includes``):
+        their contents are part of the cache name, so editing one rebuilds the library.
 
     Raises
     ------
@@ -135,7 +142,7 @@ def cached_library(name: str, sources: Sequence[str], flags: Sequence[str],
     """
     what = what or name
     try:
-        target = library_path(name, sources, (*flags, *libraries), key, cache_dir)
+        target = library_path(name, sources, (*flags, *libraries), key, cache_dir, headers)
         if os.path.isfile(target):
             return target
         os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -175,3 +175,28 @@ def test_after_amp_init_it_is_not_loaded_and_amp_stays_on(tmp_path):
     assert status == 0, err[-2000:]
     assert "auto batch_dot" in out and "amp still on True" in out
     assert "error: the split-attention operator cannot be loaded after" in out
+
+
+def test_a_changed_shared_header_gives_a_new_library_name(tmp_path):
+    """The operators include csrc/op_common.h: editing it must not load a library cached from
+    the old header."""
+    from resnest_gluon.native import library_path
+    source, header = tmp_path / "op.cc", tmp_path / "op_common.h"
+    source.write_text('#include "op_common.h"\n')
+    header.write_text("inline int answer() { return 41; }\n")
+    before = library_path("op", [str(source)], ["-O3"], cache_dir=str(tmp_path),
+                          headers=[str(header)])
+    assert before == library_path("op", [str(source)], ["-O3"], cache_dir=str(tmp_path),
+                                  headers=[str(header)])
+    header.write_text("inline int answer() { return 42; }\n")
+    after = library_path("op", [str(source)], ["-O3"], cache_dir=str(tmp_path),
+                         headers=[str(header)])
+    assert after != before and os.path.dirname(after) == str(tmp_path)
+    # and the operators' own specification names the header
+    from resnest_gluon.models import extension
+    for op in (extension.RADIX_SUM_OP, extension.CONV3X3_OP):
+        try:
+            spec = extension._build_spec(extension._OPERATORS[op])
+        except extension.ExtensionError:
+            continue          # (no oneDNN wheel on this machine: its library is not built)
+        assert any(path.endswith("op_common.h") for path in spec["headers"])

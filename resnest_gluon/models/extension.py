@@ -105,10 +105,11 @@ def _build_spec(operator: _Operator):
     import mxnet
     include, api_source = _api_files(_mxnet_dir())
     spec = dict(name=operator.name, sources=(os.path.join(_CSRC, operator.source), api_source),
-                flags=_FLAGS, key=(mxnet.__version__,), includes=(include,))
+                flags=_FLAGS, key=(mxnet.__version__,), includes=(include, _CSRC),
+                headers=(os.path.join(_CSRC, "op_common.h"),))
     if operator.onednn:
         onednn_include, onednn_lib, version = _onednn()
-        spec.update(key=(mxnet.__version__, version), includes=(include, onednn_include),
+        spec.update(key=(mxnet.__version__, version), includes=(include, _CSRC, onednn_include),
                     libraries=(f"-L{onednn_lib}", "-ldnnl", f"-Wl,-rpath,{onednn_lib}"))
     return spec
 
@@ -127,7 +128,8 @@ def library_path(cache_dir: str = None, op: str = RADIX_SUM_OP) -> str:
     """
     spec = _build_spec(_OPERATORS[op])
     return _cached_path(spec["name"], spec["sources"],
-                        (*spec["flags"], *spec.get("libraries", ())), spec["key"], cache_dir)
+                        (*spec["flags"], *spec.get("libraries", ())), spec["key"], cache_dir,
+                        spec["headers"])
 
 
 def build_library(cache_dir: str = None, op: str = RADIX_SUM_OP) -> str:

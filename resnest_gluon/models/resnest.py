@@ -13,7 +13,7 @@ the 3x3 convolution).
 from mxnet.gluon import nn
 
 from .dropblock import DropBlock, SeededDropout
-from .splat import GroupedConv2D, SplitAttentionConv, attention_channels
+from .splat import PORTABLE_CONV, GroupedConv2D, SplitAttentionConv, attention_channels
 
 __all__ = ["Bottleneck", "ResNeSt", "check_architecture", "stage_geometry"]
 
@@ -110,7 +110,7 @@ class Bottleneck(nn.HybridBlock):
                  radix=2, cardinality=1, bottleneck_width=64, avd=True, avd_first=False,
                  downsample=None, dropblock_prob=None, last_gamma=False,
                  attention_dropout=0.0, norm_kwargs=None, attention_product="batch_dot",
-                 grouped_conv="split-narrow", **kwargs):
+                 grouped_conv=PORTABLE_CONV, **kwargs):
         super().__init__(**kwargs)
         norm_kwargs = norm_kwargs or {}
         width = group_width(planes, bottleneck_width, cardinality)
@@ -250,7 +250,7 @@ class ResNeSt(nn.HybridBlock):
                  deep_stem=True, avg_down=True, avd=True, avd_first=False, classes=1000,
                  output_stride=32, dropblock_prob=0.0, final_drop=0.0, last_gamma=False,
                  attention_dropout=0.0, in_channels=3, norm_kwargs=None,
-                 attention_product="batch_dot", grouped_conv="split-narrow", features_only=False,
+                 attention_product="batch_dot", grouped_conv=PORTABLE_CONV, features_only=False,
                  out_indices=(1, 2, 3, 4), **kwargs):
         super().__init__(**kwargs)
         check_architecture(layers, radix, cardinality, bottleneck_width, stem_width, classes,
@@ -380,12 +380,16 @@ class ResNeSt(nn.HybridBlock):
             if min(shape[2:]) < 32:
                 raise ValueError(f"input height and width must be at least 32 (the network "
                                  f"downsamples 32x), got {shape[2:]}")
-        if self._active and any(conv.stale() for conv in self._winograd_convs()):
+        if self._active and any(conv.stale() for conv in self._grouped_convs()):
             self._clear_cached_op()     # grad_req changed since the graph was traced
         return super().forward(x, *args)
 
-    def _winograd_convs(self):
-        found = []
-        self.apply(lambda b: found.append(b) if isinstance(b, GroupedConv2D) and b.winograd
-                   else None)
+    def _grouped_convs(self):
+        """The network's grouped convolutions, found once (the forward pass asks each call).
+        A frozenset: Gluon warns about Blocks held in an attribute's list or tuple."""
+        found = self.__dict__.get("_grouped_conv_set")
+        if found is None:
+            collected = []
+            self.apply(lambda b: collected.append(b) if isinstance(b, GroupedConv2D) else None)
+            found = self._grouped_conv_set = frozenset(collected)
         return found

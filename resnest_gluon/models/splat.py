@@ -151,7 +151,7 @@ class GroupedConv2D(nn.Conv2D):
         Those of ``nn.Conv2D`` (``in_channels`` and ``groups`` must be given).
     """
 
-    def __init__(self, *args, grouped_conv="split-narrow", **kwargs):
+    def __init__(self, *args, grouped_conv=PORTABLE_CONV, **kwargs):
         super().__init__(*args, **kwargs)
         if grouped_conv not in GROUPED_CONVS:
             raise ValueError(f"grouped_conv must be one of {GROUPED_CONVS}, got "
@@ -290,7 +290,7 @@ class SplitAttentionConv(nn.HybridBlock):
 
     def __init__(self, channels, kernel_size=3, strides=1, padding=1, dilation=1,
                  cardinality=1, radix=2, in_channels=0, attention_dropout=0.0,
-                 norm_kwargs=None, attention_product="batch_dot", grouped_conv="split-narrow",
+                 norm_kwargs=None, attention_product="batch_dot", grouped_conv=PORTABLE_CONV,
                  **kwargs):
         super().__init__(**kwargs)
         if radix < 1:

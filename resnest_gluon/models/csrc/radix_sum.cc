@@ -17,23 +17,16 @@
 #include <vector>
 
 #include "mxnet/lib_api.h"
+#include "op_common.h"
 
 using mxnet::ext::MXReturnValue;
 using mxnet::ext::MXTensor;
 using mxnet::ext::OpResource;
-using Attributes = std::unordered_map<std::string, std::string>;
+using resnest::Attributes;
 
 namespace {
 
-int64_t radix_of(const Attributes& attrs) {
-  auto found = attrs.find("radix");
-  if (found == attrs.end()) return 0;
-  try {
-    return std::stoll(found->second);
-  } catch (...) {
-    return 0;
-  }
-}
+int64_t radix_of(const Attributes& attrs) { return resnest::integer_attr(attrs, "radix"); }
 
 // Rows of x per sample (R*C), channels of y (C) and the length of one row (H*W).
 struct Geometry {
@@ -46,29 +39,16 @@ Geometry geometry_of(const MXTensor& x, int64_t radix) {
   return {x.shape[0], x.shape[1] / radix, radix, row};
 }
 
+const char* kName = "resnest_radix_sum";
+
 MXReturnValue parse_attrs(const Attributes& attrs, int* num_inputs, int* num_outputs) {
-  if (radix_of(attrs) < 1) {
-    MX_ERROR_MSG << "resnest_radix_sum: radix must be an integer >= 1";
-    return mxnet::ext::MX_FAIL;
-  }
-  *num_inputs = 2;
-  *num_outputs = 1;
-  return mxnet::ext::MX_SUCCESS;
+  return resnest::two_inputs_positive_attr(kName, "radix", attrs, num_inputs, num_outputs);
 }
 
 MXReturnValue infer_type(const Attributes& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
-  // -1: not known yet (a partial type pass); the inputs are then float32 like the output
-  for (int& type : *in_types) {
-    if (type == -1) type = mxnet::ext::kFloat32;
-    if (type != mxnet::ext::kFloat32) {
-      MX_ERROR_MSG << "resnest_radix_sum: float32 inputs only (got dtype code " << type
-                   << "); use attention_product=batch_dot for other dtypes";
-      return mxnet::ext::MX_FAIL;
-    }
-  }
-  out_types->at(0) = mxnet::ext::kFloat32;
-  return mxnet::ext::MX_SUCCESS;
+  return resnest::float32_only(kName, "; use attention_product=batch_dot for other dtypes",
+                               in_types, out_types);
 }
 
 MXReturnValue infer_shape(const Attributes& attrs,

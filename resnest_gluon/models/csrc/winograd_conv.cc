@@ -26,26 +26,19 @@
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "mxnet/lib_api.h"
+#include "op_common.h"
 
 using mxnet::ext::MXReturnValue;
 using mxnet::ext::MXTensor;
 using mxnet::ext::OpResource;
-using Attributes = std::unordered_map<std::string, std::string>;
+using resnest::Attributes;
 using dnnl::memory;
 
 namespace {
 
 const char* kName = "resnest_conv3x3";
 
-int64_t groups_of(const Attributes& attrs) {
-  auto found = attrs.find("groups");
-  if (found == attrs.end()) return 0;
-  try {
-    return std::stoll(found->second);
-  } catch (...) {
-    return 0;
-  }
-}
+int64_t groups_of(const Attributes& attrs) { return resnest::integer_attr(attrs, "groups"); }
 
 // One group's convolution: batch, input and output channels of the group, image size; and
 // the whole tensors' channel counts (the group's slice strides over them).
@@ -164,26 +157,12 @@ memory view(const memory::desc& desc, const float* data) {
 }
 
 MXReturnValue parse_attrs(const Attributes& attrs, int* num_inputs, int* num_outputs) {
-  if (groups_of(attrs) < 1) {
-    MX_ERROR_MSG << kName << ": groups must be an integer >= 1";
-    return mxnet::ext::MX_FAIL;
-  }
-  *num_inputs = 2;
-  *num_outputs = 1;
-  return mxnet::ext::MX_SUCCESS;
+  return resnest::two_inputs_positive_attr(kName, "groups", attrs, num_inputs, num_outputs);
 }
 
 MXReturnValue infer_type(const Attributes& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
-  for (int& type : *in_types) {
-    if (type == -1) type = mxnet::ext::kFloat32;
-    if (type != mxnet::ext::kFloat32) {
-      MX_ERROR_MSG << kName << ": float32 inputs only (got dtype code " << type << ")";
-      return mxnet::ext::MX_FAIL;
-    }
-  }
-  out_types->at(0) = mxnet::ext::kFloat32;
-  return mxnet::ext::MX_SUCCESS;
+  return resnest::float32_only(kName, "", in_types, out_types);
 }
 
 MXReturnValue infer_shape(const Attributes& attrs,
@@ -239,10 +218,22 @@ void accumulate(dnnl::stream& stream, memory& from, memory& to) {
   dnnl::reorder(dnnl::reorder::primitive_desc(from, to, attr)).execute(stream, from, to);
 }
 
-// Offsets (in floats) of image n, group g's channel slice, in a plain (N, C_total, H, W).
-int64_t slice_offset(const Geometry& g, int64_t image, int64_t channels_total,
-                     int64_t group_channels, int64_t group) {
-  return (image * channels_total + group * group_channels) * g.height * g.width;
+// Views of group `group`'s channel slice of images [first, first + part.batch) in a plain
+// (N, C, H, W) array: an input-side one (C = in_channels) and an output-side one.
+memory slice_of(const Geometry& g, const Geometry& part, int64_t first, int64_t group,
+                int64_t group_channels, int64_t channels, const float* data) {
+  const int64_t offset = (first * channels + group * group_channels) * g.height * g.width;
+  return view(plain_slice(part, group_channels, channels), data + offset);
+}
+
+memory input_slice(const Geometry& g, const Geometry& part, int64_t first, int64_t group,
+                   const float* data) {
+  return slice_of(g, part, first, group, g.group_in(), g.in_channels, data);
+}
+
+memory output_slice(const Geometry& g, const Geometry& part, int64_t first, int64_t group,
+                    const float* data) {
+  return slice_of(g, part, first, group, g.group_out(), g.out_channels, data);
 }
 
 // An array of desc's layout over memory already allocated for a larger chunk.
@@ -273,10 +264,8 @@ MXReturnValue run_forward(const Attributes& attrs, std::vector<MXTensor>* inputs
       const Geometry part = with_batch(g, chunks.length(chunk));
       const Kernels& kernels = kernels_for(part);
       const int64_t first = chunks.begin(chunk);
-      memory x_slice = view(plain_slice(part, g.group_in(), g.in_channels),
-                            x + slice_offset(g, first, g.in_channels, g.group_in(), group));
-      memory y_slice = view(plain_slice(part, g.group_out(), g.out_channels),
-                            y + slice_offset(g, first, g.out_channels, g.group_out(), group));
+      memory x_slice = input_slice(g, part, first, group, x);
+      memory y_slice = output_slice(g, part, first, group, y);
       memory src = within(kernels.forward_pd.src_desc(), scratch[0]);
       memory dst = within(kernels.forward_pd.dst_desc(), scratch[2]);
       copy(stream, x_slice, src);
@@ -323,11 +312,9 @@ MXReturnValue run_backward(const Attributes& attrs, std::vector<MXTensor>* input
       const Geometry part = with_batch(g, chunks.length(chunk));
       const Kernels& k = kernels_for(part);
       const int64_t first = chunks.begin(chunk);
-      const int64_t in_offset = slice_offset(g, first, g.in_channels, g.group_in(), group);
-      const int64_t out_offset = slice_offset(g, first, g.out_channels, g.group_out(), group);
-      memory dy_slice = view(plain_slice(part, g.group_out(), g.out_channels), dy + out_offset);
-      memory x_slice = view(plain_slice(part, g.group_in(), g.in_channels), x + in_offset);
-      memory dx_slice = view(plain_slice(part, g.group_in(), g.in_channels), dx + in_offset);
+      memory dy_slice = output_slice(g, part, first, group, dy);
+      memory x_slice = input_slice(g, part, first, group, x);
+      memory dx_slice = input_slice(g, part, first, group, dx);
       const auto& dpd = k.backward_data_pd;
       const auto& wpd = k.backward_weights_pd;
       memory diff_dst = within(dpd.diff_dst_desc(), scratch[0]);
