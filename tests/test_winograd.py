@@ -50,16 +50,22 @@ def _values_and_gradients(conv, x, dy, weight):
     (5, 64, 128, 52, 2),        # images in chunks of 2, 2 and 1 per group
     (3, 64, 128, 88, 1),        # one image per chunk
 ])
-def test_it_computes_mxnets_convolution(batch, in_channels, channels, size, groups):
+@pytest.mark.parametrize("relu_input", [False, True])
+def test_it_computes_mxnets_convolution(batch, in_channels, channels, size, groups,
+                                        relu_input):
     if not HAS_WINOGRAD:
         assert grouped_conv_for("cpu") == "split-narrow"
         return
     rng = np.random.RandomState(size)
-    x = mx.nd.array(rng.normal(size=(batch, in_channels, size, size)))
+    x = rng.normal(size=(batch, in_channels, size, size))
+    x[:, :, 0, :3] = 0          # ReLU's gradient at exactly 0 is 0, as MXNet's
+    x = mx.nd.array(x)
     dy = mx.nd.array(rng.normal(size=(batch, channels, size, size)))
     weight = mx.nd.array(rng.normal(0, 0.1, (channels, in_channels // groups, 3, 3)))
+    # the reference: MXNet's ReLU, then its grouped convolution
     reference, winograd = (
-        _values_and_gradients(_conv(kind, in_channels, channels, groups), x, dy, weight)
+        _values_and_gradients(_conv(kind, in_channels, channels, groups,
+                                    relu_input=relu_input), x, dy, weight)
         for kind in ("single", "winograd"))
     for expected, got in zip(reference, winograd):
         # Winograd's transforms round differently: about 1e-6 of the scale, 1e-5 at most
@@ -137,13 +143,11 @@ def test_resnest50_logits_equal_the_direct_convolutions(photos):
     assert inside == {False} and "resnest_conv3x3" not in symbol
 
 
-def test_training_takes_it_only_when_asked():
-    """Training keeps MXNet's kernels by default (the Winograd graph's plain-layout copies
-    raise training memory above gluoncv's); asked for, it trains."""
-    assert implementations_for("cpu", training=True)["grouped_conv"] == "split-narrow"
-    if HAS_WINOGRAD:
-        assert implementations_for("cpu", grouped_conv="winograd",
-                                   training=True)["grouped_conv"] == "winograd"
+def test_training_and_evaluation_take_it_in_float32_only():
+    expected = "winograd" if HAS_WINOGRAD else "split-narrow"
+    assert implementations_for("cpu")["grouped_conv"] == expected
+    assert implementations_for("cpu", dtype="bfloat16")["grouped_conv"] == "split-narrow"
+    assert implementations_for("gpu")["grouped_conv"] == "single"
 
 
 def test_a_grad_req_changed_after_tracing_is_honoured(photos):

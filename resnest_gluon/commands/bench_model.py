@@ -62,15 +62,15 @@ def build(impl, name, classes=1000, overrides=None, mode="infer"):
 
     ``overrides`` changes architecture fields of the zoo spec (``radix``, ``cardinality``,
     ``bottleneck_width``, ...), as ``model.overrides`` does in a config. Ours is what the
-    trainer and ``verify.py`` build on this CPU for ``mode``'s dtype and purpose (the compiled
-    split-attention operator in float32, the Winograd convolutions for inference, MXNet's
+    trainer and ``verify.py`` build on this CPU for ``mode``'s dtype (the compiled
+    split-attention operator and the Winograd convolutions in float32, MXNet's
     own operators in bfloat16; exports trace MXNet's own in their place).
     """
     if impl == "ours":
         from ..models import get_model
         from ..models.splat import implementations_for
         choice = implementations_for("cpu", dtype="bfloat16" if mode.endswith("bf16")
-                                     else "float32", training=mode.startswith("train"))
+                                     else "float32")
         return get_model(name, classes=classes, **{**choice, **dict(overrides or {})})
     if impl == "authors":
         return authors_twin(name, classes, overrides)

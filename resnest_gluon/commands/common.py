@@ -62,7 +62,7 @@ def load_network(args, ctx):
     """
     config = load_config(args.config) if args.config else None
     classes = args.num_classes or (config.data.num_classes if config else 1000)
-    net = (build_network(config, classes, ctx.device_type, training=False) if config else
+    net = (build_network(config, classes, ctx.device_type) if config else
            get_model(args.model, classes=classes,
                      **implementations_for(ctx.device_type)))
     if args.params:

@@ -74,23 +74,20 @@ ONEDNN_CHANNEL_BLOCK = 16
 PORTABLE_CONV = "split-narrow"
 
 
-def grouped_conv_for(device_type: str, dtype: str = "float32", training: bool = False) -> str:
+def grouped_conv_for(device_type: str, dtype: str = "float32") -> str:
     """The default grouped convolution for a device type: single on ``gpu``; on ``cpu``,
-    winograd for inference in float32 where the compiled operator runs, else split-narrow.
-    Training keeps split-narrow by default: with the Winograd operator it is faster, but
-    its plain-layout copies raise the training memory above gluoncv's (docs/benchmarks.md);
-    ``model.grouped_conv=winograd`` asks for it."""
+    winograd in float32 where the compiled operator runs (not with MXNet's add-to gradient
+    requests, which the extension API does not pass on), else split-narrow."""
     if device_type != "cpu":
         return "single"
-    if (dtype == "float32" and not training and not _add_to()
+    if (dtype == "float32" and not _add_to()
             and extension.winograd_conv_available()):
         return "winograd"
     return PORTABLE_CONV
 
 
 def implementations_for(device_type: str, attention_product: str = "auto",
-                        grouped_conv: str = "auto", dtype: str = "float32",
-                        training: bool = False) -> dict:
+                        grouped_conv: str = "auto", dtype: str = "float32") -> dict:
     """The network arguments choosing how split attention and grouped convolutions run on a
     ``device_type`` device computing in ``dtype``; "auto" takes the device's default, anything
     else is kept (the compiled operator only where it can run)."""
@@ -100,7 +97,7 @@ def implementations_for(device_type: str, attention_product: str = "auto",
         raise ValueError(f"attention_product=radix_sum runs on CPUs in float32 only (here: "
                          f"{device_type}, {dtype}); use auto, batch_dot or broadcast_mul")
     if grouped_conv == "auto":
-        grouped_conv = grouped_conv_for(device_type, dtype, training)
+        grouped_conv = grouped_conv_for(device_type, dtype)
     elif grouped_conv == "winograd" and (device_type != "cpu" or dtype != "float32"):
         raise ValueError(f"grouped_conv=winograd runs on CPUs in float32 only (here: "
                          f"{device_type}, {dtype}); use auto, single or split-narrow")
@@ -147,12 +144,17 @@ class GroupedConv2D(nn.Conv2D):
         per group, convolves each and concatenates the outputs. With "winograd", a 3x3
         convolution with stride 1, padding 1, no dilation or bias and groups of multiples of
         16 channels runs as ``resnest_conv3x3``; any other as with "split-narrow".
+    relu_input : bool
+        Convolve ``relu(x)``: the ReLU before the convolution belongs to it, fused into the
+        Winograd operator where that runs (the graph then keeps one copy of the input for the
+        backward pass instead of the ReLU's blocked output and the operator's plain copy).
     *args, **kwargs
         Those of ``nn.Conv2D`` (``in_channels`` and ``groups`` must be given).
     """
 
-    def __init__(self, *args, grouped_conv=PORTABLE_CONV, **kwargs):
+    def __init__(self, *args, grouped_conv=PORTABLE_CONV, relu_input=False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.relu_input = relu_input
         if grouped_conv not in GROUPED_CONVS:
             raise ValueError(f"grouped_conv must be one of {GROUPED_CONVS}, got "
                              f"{grouped_conv!r}")
@@ -197,7 +199,10 @@ class GroupedConv2D(nn.Conv2D):
             # temporary array on every call (see the radix sum)
             return getattr(F, extension.CONV3X3_OP)(F.reshape(x, (0, 0, 0, 0)),
                                                     self._traced_weight(F, weight),
-                                                    groups=groups)
+                                                    groups=groups,
+                                                    relu_input=int(self.relu_input))
+        if self.relu_input:
+            x = F.Activation(x, act_type="relu")
         if not self.split_groups:
             return super().hybrid_forward(F, x, weight, bias)
         kwargs = dict(self._kwargs, num_group=1, num_filter=self._channels // groups)
@@ -281,6 +286,8 @@ class SplitAttentionConv(nn.HybridBlock):
         How the weights multiply the splits (:data:`ATTENTION_PRODUCTS`): the same result.
     grouped_conv : str
         How the grouped convolution runs (:data:`GROUPED_CONVS`): the same result.
+    relu_input : bool
+        Apply ReLU to the input first (see :class:`GroupedConv2D`).
 
     Notes
     -----
@@ -291,7 +298,7 @@ class SplitAttentionConv(nn.HybridBlock):
     def __init__(self, channels, kernel_size=3, strides=1, padding=1, dilation=1,
                  cardinality=1, radix=2, in_channels=0, attention_dropout=0.0,
                  norm_kwargs=None, attention_product="batch_dot", grouped_conv=PORTABLE_CONV,
-                 **kwargs):
+                 relu_input=False, **kwargs):
         super().__init__(**kwargs)
         if radix < 1:
             raise ValueError(f"radix must be >= 1 for split attention, got {radix}")
@@ -310,7 +317,8 @@ class SplitAttentionConv(nn.HybridBlock):
         # blocks, so prefixed weight files (resnest_layers1_conv1_weight, ...) match.
         self.conv = GroupedConv2D(channels * radix, kernel_size, strides, padding, dilation,
                                   groups=cardinality * radix, use_bias=False,
-                                  in_channels=in_channels, grouped_conv=grouped_conv)
+                                  in_channels=in_channels, grouped_conv=grouped_conv,
+                                  relu_input=relu_input)
         self.bn = nn.BatchNorm(in_channels=channels * radix, **norm_kwargs)
         self.fc1 = nn.Conv2D(inter_channels, 1, in_channels=channels, groups=cardinality)
         self.bn1 = nn.BatchNorm(in_channels=inter_channels, **norm_kwargs)

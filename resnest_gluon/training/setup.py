@@ -45,18 +45,16 @@ __all__ = ["Run", "setup_run", "restore_state", "build_network", "eval_settings"
 log = logging.getLogger(__name__)
 
 
-def build_network(config: cfg.Config, classes: Optional[int] = None, device_type: str = "cpu",
-                  training: bool = True):
+def build_network(config: cfg.Config, classes: Optional[int] = None, device_type: str = "cpu"):
     """The configured zoo network for a ``device_type`` device (DropBlock starts at 0; the
     loop schedules it). ``model.attention_product=auto`` and ``model.grouped_conv=auto`` pick
-    the implementation for the device, ``train.dtype`` and whether the network is
-    ``training`` or only evaluates (the same network and results either way)."""
+    the implementation for the device and ``train.dtype`` (the same network and results
+    either way)."""
     overrides = dict(config.model.overrides)
     if config.model.final_drop is not None:
         overrides["final_drop"] = config.model.final_drop
     overrides.update(implementations_for(device_type, config.model.attention_product,
-                                         config.model.grouped_conv, config.train.dtype,
-                                         training))
+                                         config.model.grouped_conv, config.train.dtype))
     try:
         return get_model(config.model.name, classes=classes or config.data.num_classes,
                          last_gamma=config.model.last_gamma, **overrides)
@@ -304,8 +302,7 @@ def setup_run(config: cfg.Config, workdir: str, dist) -> Run:
     spec = get_spec(config.model.name)
     return Run(config=config, workdir=workdir, dist=dist, ctx=ctx, precision=precision,
                net=net, trainer=trainer,
-               eval_net=EvalNetwork(build_network(config, device_type=ctx.device_type,
-                                                  training=False), ctx),
+               eval_net=EvalNetwork(build_network(config, device_type=ctx.device_type), ctx),
                ema=(ParameterEMA(structural_params(net), config.train.ema_decay)
                     if config.train.ema_decay > 0 else None),
                schedule=schedule, steps_per_epoch=steps_per_epoch, train_shards=train_shards,
