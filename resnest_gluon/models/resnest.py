@@ -118,9 +118,6 @@ class Bottleneck(nn.HybridBlock):
         self.avd = avd and (strides > 1 or previous_dilation != dilation)
         self.avd_first = avd_first
         conv2_strides = 1 if self.avd else strides
-        # The ReLU after bn1 belongs to conv2 (fused into the Winograd operator), unless the
-        # AvgPool of avd_first comes between them.
-        self.relu_in_conv2 = not (self.avd and self.avd_first)
         # No name_scope: children are named in the enclosing scope, like the published
         # blocks, so prefixed weight files (resnest_layers1_conv1_weight, ...) match.
         self.conv1 = nn.Conv2D(width, 1, use_bias=False, in_channels=in_channels)
@@ -130,13 +127,12 @@ class Bottleneck(nn.HybridBlock):
                 width, 3, conv2_strides, dilation, dilation, cardinality=cardinality,
                 radix=radix, in_channels=width, attention_dropout=attention_dropout,
                 norm_kwargs=norm_kwargs, attention_product=attention_product,
-                grouped_conv=grouped_conv, relu_input=self.relu_in_conv2)
+                grouped_conv=grouped_conv)
             self.bn2 = None
         else:
             self.conv2 = GroupedConv2D(width, 3, conv2_strides, dilation, dilation,
                                        groups=cardinality, use_bias=False, in_channels=width,
-                                       grouped_conv=grouped_conv,
-                                       relu_input=self.relu_in_conv2)
+                                       grouped_conv=grouped_conv)
             self.bn2 = nn.BatchNorm(in_channels=width, **norm_kwargs)
         self.conv3 = nn.Conv2D(planes * EXPANSION, 1, use_bias=False, in_channels=width)
         gamma_init = "zeros" if last_gamma else "ones"
@@ -155,8 +151,9 @@ class Bottleneck(nn.HybridBlock):
         out = self.bn1(self.conv1(x))
         if self.dropblock1 is not None:
             out = self.dropblock1(out)
-        if not self.relu_in_conv2:
-            out = self.avd_layer(F.Activation(out, act_type="relu"))
+        out = F.Activation(out, act_type="relu")
+        if self.avd and self.avd_first:
+            out = self.avd_layer(out)
         out = self.conv2(out)
         if self.bn2 is not None:
             out = self.bn2(out)

@@ -144,17 +144,12 @@ class GroupedConv2D(nn.Conv2D):
         per group, convolves each and concatenates the outputs. With "winograd", a 3x3
         convolution with stride 1, padding 1, no dilation or bias and groups of multiples of
         16 channels runs as ``resnest_conv3x3``; any other as with "split-narrow".
-    relu_input : bool
-        Convolve ``relu(x)``: the ReLU before the convolution belongs to it, fused into the
-        Winograd operator where that runs (the graph then keeps one copy of the input for the
-        backward pass instead of the ReLU's blocked output and the operator's plain copy).
     *args, **kwargs
         Those of ``nn.Conv2D`` (``in_channels`` and ``groups`` must be given).
     """
 
-    def __init__(self, *args, grouped_conv=PORTABLE_CONV, relu_input=False, **kwargs):
+    def __init__(self, *args, grouped_conv=PORTABLE_CONV, **kwargs):
         super().__init__(*args, **kwargs)
-        self.relu_input = relu_input
         if grouped_conv not in GROUPED_CONVS:
             raise ValueError(f"grouped_conv must be one of {GROUPED_CONVS}, got "
                              f"{grouped_conv!r}")
@@ -199,10 +194,7 @@ class GroupedConv2D(nn.Conv2D):
             # temporary array on every call (see the radix sum)
             return getattr(F, extension.CONV3X3_OP)(F.reshape(x, (0, 0, 0, 0)),
                                                     self._traced_weight(F, weight),
-                                                    groups=groups,
-                                                    relu_input=int(self.relu_input))
-        if self.relu_input:
-            x = F.Activation(x, act_type="relu")
+                                                    groups=groups)
         if not self.split_groups:
             return super().hybrid_forward(F, x, weight, bias)
         kwargs = dict(self._kwargs, num_group=1, num_filter=self._channels // groups)
@@ -286,8 +278,6 @@ class SplitAttentionConv(nn.HybridBlock):
         How the weights multiply the splits (:data:`ATTENTION_PRODUCTS`): the same result.
     grouped_conv : str
         How the grouped convolution runs (:data:`GROUPED_CONVS`): the same result.
-    relu_input : bool
-        Apply ReLU to the input first (see :class:`GroupedConv2D`).
 
     Notes
     -----
@@ -298,7 +288,7 @@ class SplitAttentionConv(nn.HybridBlock):
     def __init__(self, channels, kernel_size=3, strides=1, padding=1, dilation=1,
                  cardinality=1, radix=2, in_channels=0, attention_dropout=0.0,
                  norm_kwargs=None, attention_product="batch_dot", grouped_conv=PORTABLE_CONV,
-                 relu_input=False, **kwargs):
+                 **kwargs):
         super().__init__(**kwargs)
         if radix < 1:
             raise ValueError(f"radix must be >= 1 for split attention, got {radix}")
@@ -317,8 +307,7 @@ class SplitAttentionConv(nn.HybridBlock):
         # blocks, so prefixed weight files (resnest_layers1_conv1_weight, ...) match.
         self.conv = GroupedConv2D(channels * radix, kernel_size, strides, padding, dilation,
                                   groups=cardinality * radix, use_bias=False,
-                                  in_channels=in_channels, grouped_conv=grouped_conv,
-                                  relu_input=relu_input)
+                                  in_channels=in_channels, grouped_conv=grouped_conv)
         self.bn = nn.BatchNorm(in_channels=channels * radix, **norm_kwargs)
         self.fc1 = nn.Conv2D(inter_channels, 1, in_channels=channels, groups=cardinality)
         self.bn1 = nn.BatchNorm(in_channels=inter_channels, **norm_kwargs)

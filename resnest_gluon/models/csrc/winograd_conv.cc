@@ -1,6 +1,6 @@
 // resnest_conv3x3: a 3x3 convolution (stride 1, padding 1, no dilation, no bias, any number of
-// groups), of x or (relu_input=1) of relu(x), run with oneDNN's Winograd F(4x4, 3x3) kernels,
-// as one MXNet operator (MXNet's extension API, include/mxnet/lib_api.h of the installed wheel).
+// groups) run with oneDNN's Winograd F(4x4, 3x3) kernels, as one MXNet operator (MXNet's
+// extension API, include/mxnet/lib_api.h of the installed wheel).
 //
 // MXNet 1.9 asks oneDNN for direct convolutions only. On CPUs with AVX-512, oneDNN's Winograd
 // kernels compute the same convolution with about a quarter of the multiplications and ran
@@ -42,10 +42,6 @@ const char* kName = "resnest_conv3x3";
 constexpr size_t kWeightScratchBytes = size_t(32) << 20;
 
 int64_t groups_of(const Attributes& attrs) { return resnest::integer_attr(attrs, "groups"); }
-
-// relu_input=1: the operator convolves relu(x) (the ReLU before split attention, fused: the
-// graph then keeps only x for the backward pass, not both x and relu(x) in two layouts).
-bool relu_input(const Attributes& attrs) { return resnest::integer_attr(attrs, "relu_input"); }
 
 // One group's convolution: batch, input and output channels of the group, image size; and
 // the whole tensors' channel counts (the group's slice strides over them).
@@ -94,16 +90,7 @@ struct Kernels {
   dnnl::convolution_forward forward;
   dnnl::convolution_backward_data backward_data;
   dnnl::convolution_backward_weights backward_weights;
-  // ReLU in place on the blocked inputs of the forward and the weight-gradient kernels
-  dnnl::eltwise_forward relu_forward_src;
-  dnnl::eltwise_forward relu_weights_src;
 };
-
-dnnl::eltwise_forward relu_on(const memory::desc& desc) {
-  return dnnl::eltwise_forward(dnnl::eltwise_forward::primitive_desc(
-      {dnnl::prop_kind::forward_inference, dnnl::algorithm::eltwise_relu, desc, 0.f, 0.f},
-      cpu_engine()));
-}
 
 // The weight-gradient kernel: Winograd's, unless its scratchpad (transformed weights, one copy
 // per thread) would exceed kWeightScratchBytes, where the direct kernel runs instead. With
@@ -155,9 +142,7 @@ Kernels make_kernels(const Geometry& g) {
           backward_weights,
           dnnl::convolution_forward(forward),
           dnnl::convolution_backward_data(backward_data),
-          dnnl::convolution_backward_weights(backward_weights),
-          relu_on(forward.src_desc()),
-          relu_on(backward_weights.src_desc())};
+          dnnl::convolution_backward_weights(backward_weights)};
 }
 
 const Kernels& kernels_for(const Geometry& g) {
@@ -192,10 +177,6 @@ class Scratch {
 
 void copy(dnnl::stream& stream, memory& from, memory& to) {
   dnnl::reorder(from, to).execute(stream, from, to);
-}
-
-void relu_in_place(dnnl::stream& stream, const dnnl::eltwise_forward& relu, memory& data) {
-  relu.execute(stream, {{DNNL_ARG_SRC, data}, {DNNL_ARG_DST, data}});
 }
 
 memory view(const memory::desc& desc, const float* data) {
@@ -282,21 +263,6 @@ memory output_slice(const Geometry& g, const Geometry& part, int64_t first, int6
   return slice_of(g, part, first, group, g.group_out(), g.out_channels, data);
 }
 
-// ReLU's backward pass on a (group, chunk) input slice: dx = 0 where x <= 0 (as MXNet's).
-void mask_by_relu(const Geometry& g, const Geometry& part, int64_t first, int64_t group,
-                  const float* x, float* dx) {
-  const int64_t plane = g.height * g.width;
-  const int64_t rows = part.batch * g.group_in();
-#pragma omp parallel for
-  for (int64_t row = 0; row < rows; ++row) {
-    const int64_t image = first + row / g.group_in(), channel = row % g.group_in();
-    const int64_t offset = (image * g.in_channels + group * g.group_in() + channel) * plane;
-    for (int64_t i = offset; i < offset + plane; ++i) {
-      if (!(x[i] > 0.f)) dx[i] = 0.f;
-    }
-  }
-}
-
 // An array of desc's layout over memory already allocated for a larger chunk.
 memory within(const memory::desc& desc, const memory& allocated) {
   if (desc.get_size() > allocated.get_desc().get_size())
@@ -308,7 +274,6 @@ memory within(const memory::desc& desc, const memory& allocated) {
 MXReturnValue run_forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
                           std::vector<MXTensor>* outputs, const OpResource& resource) {
   const Geometry whole = geometry_of(inputs->at(0), inputs->at(1), groups_of(attrs));
-  const bool relu = relu_input(attrs);
   const Chunks chunks = chunks_of(whole);
   const Kernels& largest = kernels_for(with_batch(whole, chunks.size));
   const auto& pd = largest.forward_pd;
@@ -331,7 +296,6 @@ MXReturnValue run_forward(const Attributes& attrs, std::vector<MXTensor>* inputs
       memory src = within(kernels.forward_pd.src_desc(), scratch[0]);
       memory dst = within(kernels.forward_pd.dst_desc(), scratch[2]);
       copy(stream, x_slice, src);
-      if (relu) relu_in_place(stream, kernels.relu_forward_src, src);
       kernels.forward.execute(stream, {{DNNL_ARG_SRC, src},
                                        {DNNL_ARG_WEIGHTS, scratch[1]},
                                        {DNNL_ARG_DST, dst},
@@ -352,7 +316,6 @@ const memory::desc& larger(const memory::desc& a, const memory::desc& b) {
 MXReturnValue run_backward(const Attributes& attrs, std::vector<MXTensor>* inputs,
                            std::vector<MXTensor>* outputs, const OpResource& resource) {
   const Geometry g = geometry_of(inputs->at(1), inputs->at(2), groups_of(attrs));
-  const bool relu = relu_input(attrs);
   const Chunks chunks = chunks_of(g);
   const Kernels& largest = kernels_for(with_batch(g, chunks.size));
   const auto& data_pd = largest.backward_data_pd;
@@ -393,11 +356,6 @@ MXReturnValue run_backward(const Attributes& attrs, std::vector<MXTensor>* input
                                        {DNNL_ARG_SCRATCHPAD, scratch[6]}});
       copy(stream, diff_src, dx_slice);
       copy(stream, x_slice, src);
-      if (relu) {
-        stream.wait();      // dx_slice written before the mask reads it
-        mask_by_relu(g, part, first, group, x, dx);
-        relu_in_place(stream, k.relu_weights_src, src);
-      }
       if (!same_diff_dst) copy(stream, dy_slice, weights_diff_dst);
       k.backward_weights.execute(stream,
                                  {{DNNL_ARG_SRC, src},
