@@ -181,3 +181,12 @@ def test_it_is_not_picked_where_it_cannot_run():
     with pytest.MonkeyPatch.context() as patch:     # gradients added into, not written
         patch.setenv("MXNET_EXEC_ENABLE_ADDTO", "1")
         assert grouped_conv_for("cpu") == "split-narrow"
+
+
+def test_the_flop_count_is_that_of_the_convolutions_it_computes():
+    from resnest_gluon.models.flops import count_flops
+    kind = "winograd" if HAS_WINOGRAD else "split-narrow"
+    ours = get_model("resnest50", grouped_conv=kind)
+    assert any(b.winograd for b in ours.layer1[0].conv2._children.values()
+               if isinstance(b, GroupedConv2D)) == HAS_WINOGRAD
+    assert count_flops(ours) == count_flops(get_model("resnest50", grouped_conv="single"))

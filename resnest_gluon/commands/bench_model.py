@@ -28,6 +28,7 @@ import mxnet as mx
 import numpy as np
 
 from ..errors import UserError
+from ..models.extension import CONV3X3_OP
 from ..peers import authors_twin, gluoncv_twin, randomize_batchnorm, timm_name
 from ..timing import median_step_seconds
 from . import setup_logging
@@ -285,8 +286,10 @@ def measure_in_subprocess(impl, name, mode, batch, size, repeats, overrides=None
 # Forward passes' worth of FLOPs in a step: a training step costs about 3 (forward, and the
 # backward pass's two products per layer).
 FORWARDS_PER_STEP = {"infer": 1, "train": 3}
-# MXNet's names of the convolutions (the fused graph's included), forward and backward.
-CONVOLUTION_OPS = ("Convolution", "_backward_Convolution", "_sg_mkldnn_conv")
+# MXNet's names of the convolutions (the fused graph's and the Winograd operator's included),
+# forward and backward.
+CONVOLUTION_OPS = ("Convolution", "_backward_Convolution", "_sg_mkldnn_conv", CONV3X3_OP,
+                   "_backward_" + CONV3X3_OP)
 
 
 def profile_in_subprocess(impl, name, mode, batch, size, threads=None):

@@ -2,14 +2,18 @@
 
 This module owns :func:`count_params`, :func:`count_flops` and :func:`stage_shapes`.
 Multiply-adds are read from the hybridized symbol with its inferred shapes: every
-``Convolution`` costs ``output elements x (input channels / groups) x kernel area`` and every
-``FullyConnected`` ``batch x in x out``. Normalisation, activations, pooling and the split
-attention's element-wise work are not counted, as in the published GFLOPs.
+``Convolution`` costs ``output elements x (input channels / groups) x kernel area`` (the
+compiled Winograd operator is counted as the convolution it computes, not by its fewer
+multiplications) and every ``FullyConnected`` ``batch x in x out``. Normalisation,
+activations, pooling and the split attention's element-wise work are not counted, as in the
+published GFLOPs.
 """
 import json
 
 import mxnet as mx
 import numpy as np
+
+from .extension import CONV3X3_OP
 
 __all__ = ["count_params", "count_flops", "stage_shapes"]
 
@@ -69,11 +73,11 @@ def count_flops(net, size: int = 224, in_channels: int = 3) -> int:
 
     total = 0
     for node in nodes:
-        if node["op"] not in ("Convolution", "FullyConnected"):
+        if node["op"] not in ("Convolution", CONV3X3_OP, "FullyConnected"):
             continue
         out_shape = shape_of[node["name"] + "_output"]
         w_shape = entry_shape(*node["inputs"][1][:2])
-        if node["op"] == "Convolution":
+        if node["op"] != "FullyConnected":
             # weight: (out, in / groups, kh, kw): each output element costs in/groups*kh*kw.
             total += int(np.prod(out_shape)) * int(np.prod(w_shape[1:]))
         else:

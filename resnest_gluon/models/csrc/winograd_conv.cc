@@ -270,36 +270,71 @@ memory within(const memory::desc& desc, const memory& allocated) {
   return memory(desc, cpu_engine(), allocated.get_data_handle());
 }
 
+// The larger of two descriptors (by size: arrays of either are laid over the space).
+memory::desc larger(const memory::desc& a, const memory::desc& b) {
+  return a.get_size() >= b.get_size() ? a : b;
+}
+
+// A chunk plan's kernels: those of its larger chunks and of its smaller ones (the same where
+// all chunks are equal). Their layouts, scratchpads and even algorithm (the weight-gradient
+// fallback) may differ, so the scratch space fits both and every array is laid out per chunk.
+struct PlanKernels {
+  const Kernels& big;
+  const Kernels& small;
+  // The larger of `part`'s descriptors in the two kernels.
+  template <typename Part>
+  memory::desc fit(Part part) const { return larger(part(big), part(small)); }
+};
+
+PlanKernels plan_kernels(const Geometry& g, const Chunks& chunks) {
+  return {kernels_for(with_batch(g, chunks.size)),
+          kernels_for(with_batch(g, chunks.length(chunks.count - 1)))};
+}
+
+// Whether chunk `chunk` runs other kernels than the one before it (the weights, in their
+// kernel's layout, are copied again then).
+bool new_kernels(const Chunks& chunks, int64_t chunk) {
+  return chunk == 0 || chunks.length(chunk) != chunks.length(chunk - 1);
+}
+
+using Forward = dnnl::convolution_forward::primitive_desc;
+using BackwardData = dnnl::convolution_backward_data::primitive_desc;
+using BackwardWeights = dnnl::convolution_backward_weights::primitive_desc;
+
 // inputs: x, weight; outputs: y
 MXReturnValue run_forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
                           std::vector<MXTensor>* outputs, const OpResource& resource) {
-  const Geometry whole = geometry_of(inputs->at(0), inputs->at(1), groups_of(attrs));
-  const Chunks chunks = chunks_of(whole);
-  const Kernels& largest = kernels_for(with_batch(whole, chunks.size));
-  const auto& pd = largest.forward_pd;
+  const Geometry g = geometry_of(inputs->at(0), inputs->at(1), groups_of(attrs));
+  const Chunks chunks = chunks_of(g);
+  const PlanKernels plan = plan_kernels(g, chunks);
   dnnl::stream stream(cpu_engine());
-  Scratch scratch(resource, {pd.src_desc(), pd.weights_desc(), pd.dst_desc(),
-                             pd.scratchpad_desc()});
+  Scratch scratch(resource, {plan.fit([](const Kernels& k) { return k.forward_pd.src_desc(); }),
+                             plan.fit([](const Kernels& k) { return k.forward_pd.weights_desc(); }),
+                             plan.fit([](const Kernels& k) { return k.forward_pd.dst_desc(); }),
+                             plan.fit([](const Kernels& k) {
+                               return k.forward_pd.scratchpad_desc(); })});
   const float* x = inputs->at(0).data<float>();
   const float* weight = inputs->at(1).data<float>();
   float* y = outputs->at(0).data<float>();
-  const Geometry& g = whole;
   for (int64_t group = 0; group < g.groups; ++group) {
     memory w_slice = view(group_weights(g), weight + group * g.group_out() * g.group_in() * 9);
-    copy(stream, w_slice, scratch[1]);
     for (int64_t chunk = 0; chunk < chunks.count; ++chunk) {
       const Geometry part = with_batch(g, chunks.length(chunk));
       const Kernels& kernels = kernels_for(part);
+      const Forward& pd = kernels.forward_pd;
       const int64_t first = chunks.begin(chunk);
       memory x_slice = input_slice(g, part, first, group, x);
       memory y_slice = output_slice(g, part, first, group, y);
-      memory src = within(kernels.forward_pd.src_desc(), scratch[0]);
-      memory dst = within(kernels.forward_pd.dst_desc(), scratch[2]);
+      memory src = within(pd.src_desc(), scratch[0]);
+      memory weights = within(pd.weights_desc(), scratch[1]);
+      memory dst = within(pd.dst_desc(), scratch[2]);
+      if (new_kernels(chunks, chunk)) copy(stream, w_slice, weights);
       copy(stream, x_slice, src);
       kernels.forward.execute(stream, {{DNNL_ARG_SRC, src},
-                                       {DNNL_ARG_WEIGHTS, scratch[1]},
+                                       {DNNL_ARG_WEIGHTS, weights},
                                        {DNNL_ARG_DST, dst},
-                                       {DNNL_ARG_SCRATCHPAD, scratch[3]}});
+                                       {DNNL_ARG_SCRATCHPAD, within(pd.scratchpad_desc(),
+                                                                    scratch[3])}});
       copy(stream, dst, y_slice);
     }
   }
@@ -307,9 +342,18 @@ MXReturnValue run_forward(const Attributes& attrs, std::vector<MXTensor>* inputs
   return mxnet::ext::MX_SUCCESS;
 }
 
-// The larger of two scratchpads (the backward passes run one after the other).
-const memory::desc& larger(const memory::desc& a, const memory::desc& b) {
-  return a.get_size() >= b.get_size() ? a : b;
+// The scratch arrays of the backward pass, for every chunk of the plan.
+std::vector<memory::desc> backward_scratch(const PlanKernels& plan) {
+  return {plan.fit([](const Kernels& k) { return k.backward_data_pd.diff_dst_desc(); }),
+          plan.fit([](const Kernels& k) { return k.backward_data_pd.weights_desc(); }),
+          plan.fit([](const Kernels& k) { return k.backward_data_pd.diff_src_desc(); }),
+          plan.fit([](const Kernels& k) { return k.backward_weights_pd.src_desc(); }),
+          plan.fit([](const Kernels& k) { return k.backward_weights_pd.diff_dst_desc(); }),
+          plan.fit([](const Kernels& k) { return k.backward_weights_pd.diff_weights_desc(); }),
+          // the two passes run one after the other: one scratchpad serves both
+          plan.fit([](const Kernels& k) {
+            return larger(k.backward_data_pd.scratchpad_desc(),
+                          k.backward_weights_pd.scratchpad_desc()); })};
 }
 
 // inputs: dy, x, weight, y (output gradients, inputs, outputs); outputs: dx, dweight
@@ -317,14 +361,8 @@ MXReturnValue run_backward(const Attributes& attrs, std::vector<MXTensor>* input
                            std::vector<MXTensor>* outputs, const OpResource& resource) {
   const Geometry g = geometry_of(inputs->at(1), inputs->at(2), groups_of(attrs));
   const Chunks chunks = chunks_of(g);
-  const Kernels& largest = kernels_for(with_batch(g, chunks.size));
-  const auto& data_pd = largest.backward_data_pd;
-  const auto& weights_pd = largest.backward_weights_pd;
   dnnl::stream stream(cpu_engine());
-  Scratch scratch(resource, {data_pd.diff_dst_desc(), data_pd.weights_desc(),
-                             data_pd.diff_src_desc(), weights_pd.src_desc(),
-                             weights_pd.diff_dst_desc(), weights_pd.diff_weights_desc(),
-                             larger(data_pd.scratchpad_desc(), weights_pd.scratchpad_desc())});
+  Scratch scratch(resource, backward_scratch(plan_kernels(g, chunks)));
   const float* dy = inputs->at(0).data<float>();
   const float* x = inputs->at(1).data<float>();
   const float* weight = inputs->at(2).data<float>();
@@ -334,7 +372,6 @@ MXReturnValue run_backward(const Attributes& attrs, std::vector<MXTensor>* input
     const int64_t weight_offset = group * g.group_out() * g.group_in() * 9;
     memory w_slice = view(group_weights(g), weight + weight_offset);
     memory dw_slice = view(group_weights(g), dweight + weight_offset);
-    copy(stream, w_slice, scratch[1]);
     for (int64_t chunk = 0; chunk < chunks.count; ++chunk) {
       const Geometry part = with_batch(g, chunks.length(chunk));
       const Kernels& k = kernels_for(part);
@@ -342,30 +379,35 @@ MXReturnValue run_backward(const Attributes& attrs, std::vector<MXTensor>* input
       memory dy_slice = output_slice(g, part, first, group, dy);
       memory x_slice = input_slice(g, part, first, group, x);
       memory dx_slice = input_slice(g, part, first, group, dx);
-      const auto& dpd = k.backward_data_pd;
-      const auto& wpd = k.backward_weights_pd;
+      const BackwardData& dpd = k.backward_data_pd;
+      const BackwardWeights& wpd = k.backward_weights_pd;
       memory diff_dst = within(dpd.diff_dst_desc(), scratch[0]);
+      memory weights = within(dpd.weights_desc(), scratch[1]);
       memory diff_src = within(dpd.diff_src_desc(), scratch[2]);
       memory src = within(wpd.src_desc(), scratch[3]);
       memory weights_diff_dst = within(wpd.diff_dst_desc(), scratch[4]);
+      memory diff_weights = within(wpd.diff_weights_desc(), scratch[5]);
+      const memory::desc pad = larger(dpd.scratchpad_desc(), wpd.scratchpad_desc());
+      memory scratchpad = within(pad, scratch[6]);
       const bool same_diff_dst = dpd.diff_dst_desc() == wpd.diff_dst_desc();
+      if (new_kernels(chunks, chunk)) copy(stream, w_slice, weights);
       copy(stream, dy_slice, diff_dst);
       k.backward_data.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst},
-                                       {DNNL_ARG_WEIGHTS, scratch[1]},
+                                       {DNNL_ARG_WEIGHTS, weights},
                                        {DNNL_ARG_DIFF_SRC, diff_src},
-                                       {DNNL_ARG_SCRATCHPAD, scratch[6]}});
+                                       {DNNL_ARG_SCRATCHPAD, scratchpad}});
       copy(stream, diff_src, dx_slice);
       copy(stream, x_slice, src);
       if (!same_diff_dst) copy(stream, dy_slice, weights_diff_dst);
       k.backward_weights.execute(stream,
                                  {{DNNL_ARG_SRC, src},
                                   {DNNL_ARG_DIFF_DST, same_diff_dst ? diff_dst : weights_diff_dst},
-                                  {DNNL_ARG_DIFF_WEIGHTS, scratch[5]},
-                                  {DNNL_ARG_SCRATCHPAD, scratch[6]}});
+                                  {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
+                                  {DNNL_ARG_SCRATCHPAD, scratchpad}});
       if (chunk == 0) {
-        copy(stream, scratch[5], dw_slice);
+        copy(stream, diff_weights, dw_slice);
       } else {
-        accumulate(stream, scratch[5], dw_slice);
+        accumulate(stream, diff_weights, dw_slice);
       }
     }
   }
