@@ -67,3 +67,41 @@ def test_pillow_decodes_jpegs_after_the_horovod_context_starts(tmp_path):
                          timeout=110)
     assert job.returncode == 0, job.stderr[-2000:]
     assert "decoded 1 (160, 107)" in job.stdout
+
+
+@pytest.mark.timeout(120)
+def test_a_pillow_bound_to_libmxnets_libjpeg_is_named_not_blamed_on_the_data(tmp_path):
+    """A script that imports horovod.mxnet before anything else still loads Pillow late: the
+    loader then says why no JPEG decodes, in one line, instead of skipping every record as
+    damaged."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from resnest_gluon.data import RecordWriter, pack_record
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(load_sample_images().images[1]).save(photo, quality=90)
+    writer = RecordWriter(str(tmp_path / "s.rec"))
+    for label in (0, 1):
+        writer.write(pack_record(label, photo.read_bytes()))
+    writer.commit()
+    code = textwrap.dedent(f"""
+        import horovod.mxnet          # first, before Pillow
+        import numpy as np
+        from resnest_gluon.data import BatchLoader, EvalTransform, ShardSet
+        shards = ShardSet({str(tmp_path / "s.rec")!r})
+        for workers in (0, 2):
+            try:
+                list(BatchLoader(shards, [np.arange(2)], EvalTransform(32), 32, classes=3,
+                                 workers=workers))
+                print("loaded", workers)
+            except Exception as err:
+                print(workers, type(err).__name__, "|", str(err).replace("\\n", " ")[:300])
+    """)
+    job = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=110)
+    assert job.returncode == 0, job.stderr[-2000:]
+    lines = job.stdout.strip().splitlines()
+    assert [line.split(" |")[0] for line in lines] == ["0 DataError", "2 DataError"]
+    for line in lines:
+        assert "Pillow cannot decode any JPEG in this process" in line, line
+        assert "import PIL.Image" in line and "Traceback" not in line

@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import UserError
 from .normalize import Normalization
 from .recordio import ShardSet, unpack_record
-from .transforms import DECODE_ERRORS, decode_error
+from .transforms import DECODE_ERRORS, check_jpeg_decoder, decode_error
 
 __all__ = ["BatchLoader", "DataError", "augmentation_rng"]
 
@@ -104,6 +104,7 @@ def _worker_loop(shards, transform, task_queue, result_queue, shm_name, layout, 
                         label = header.class_label
                         rgb = transform(image, rng)
                     except DECODE_ERRORS as err:
+                        check_jpeg_decoder()        # (the process's fault, not the record's)
                         corrupt.append((int(index), decode_error(err)))
                         continue
                     if classes and not 0 <= label < classes:
@@ -124,7 +125,7 @@ def _worker_loop(shards, transform, task_queue, result_queue, shm_name, layout, 
                                        else unreadable_label)
                 result_queue.put((batch_no, len(indices), corrupt, None))
             except Exception as err:  # pylint: disable=broad-except
-                message = f"{err}" if isinstance(err, DataError) else traceback.format_exc()
+                message = f"{err}" if isinstance(err, UserError) else traceback.format_exc()
                 result_queue.put((batch_no, 0, [], message))
     finally:
         del pixels, labels

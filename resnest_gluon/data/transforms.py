@@ -18,6 +18,8 @@ Speed choices, each giving the same distribution of outputs as the textbook sequ
   maps of the RGB vector, so they are composed into one 3x4 matrix and applied in a single
   pass (``cv2.transform``); the contrast mean is carried through the composition exactly.
 """
+import base64
+import functools
 import io
 import math
 import random
@@ -27,12 +29,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..errors import UserError
 from .autoaugment import AutoAugment
 from .resample import compiled_resize_available, resize_box
 
 __all__ = ["decode", "random_resized_crop_box", "TrainTransform", "EvalTransform", "RandomErasing",
            "color_jitter_matrix", "INTERPOLATIONS", "resample_filter", "resize_crop", "to_rgb",
-           "DECODE_ERRORS", "decode_error"]
+           "DECODE_ERRORS", "decode_error", "BrokenDecoderError", "check_jpeg_decoder"]
 
 # ImageNet RGB covariance: eigenvalues and eigenvectors (columns), 0-255 scale.
 PCA_EIGVAL = np.array([55.46, 4.794, 1.148])
@@ -117,6 +120,44 @@ def decode_error(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     return str(err) or type(err).__name__
+
+
+# A 16x16 JPEG written by Pillow's own libjpeg (quality 75).
+_KNOWN_GOOD_JPEG = base64.b64decode(
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIs"
+    "IxwcKDcpLDAxNDQ0Hyc5PTgyPC4zNDL/2wBDAQkJCQwLDBgNDRgyIRwhMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIy"
+    "MjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjL/wAARCAAQABADASIAAhEBAxEB/8QAHwAAAQUBAQEBAQEAAAAAAAAA"
+    "AAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKBkaEII0KxwRVS0fAk"
+    "M2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJipKT"
+    "lJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3+Pn6/8QA"
+    "HwEAAwEBAQEBAQEBAQAAAAAAAAECAwQFBgcICQoL/8QAtREAAgECBAQDBAcFBAQAAQJ3AAECAxEEBSExBhJBUQdh"
+    "cRMiMoEIFEKRobHBCSMzUvAVYnLRChYkNOEl8RcYGRomJygpKjU2Nzg5OkNERUZHSElKU1RVVldYWVpjZGVmZ2hp"
+    "anN0dXZ3eHl6goOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk"
+    "5ebn6Onq8vP09fb3+Pn6/9oADAMBAAIRAxEAPwDl6KKKZ+jn/9k=")
+
+
+class BrokenDecoderError(UserError, RuntimeError):
+    """This process's Pillow cannot decode JPEGs at all: the images are not to blame."""
+
+
+@functools.lru_cache(maxsize=1)
+def check_jpeg_decoder() -> None:
+    """Raise :class:`BrokenDecoderError` if Pillow fails to decode a known-good JPEG here.
+
+    Called when an image fails to decode, before the image is blamed: a Pillow imported after
+    ``horovod.mxnet`` binds its libjpeg calls to libmxnet's copy (same symbol names), and then
+    every JPEG fails ("broken data stream"). ``training/dist.py`` imports Pillow first; a
+    script importing ``horovod.mxnet`` before anything else still gets this state.
+    """
+    try:
+        with Image.open(io.BytesIO(_KNOWN_GOOD_JPEG)) as img:
+            img.load()
+    except DECODE_ERRORS as err:
+        raise BrokenDecoderError(
+            f"Pillow cannot decode any JPEG in this process ({decode_error(err)}): "
+            "horovod.mxnet was imported before Pillow, which binds Pillow's libjpeg calls to "
+            "libmxnet's copy; import PIL.Image (or resnest_gluon.training) before "
+            "horovod.mxnet") from None
 
 
 def decode(image_bytes: bytes, draft_size: Optional[Tuple[int, int]] = None) -> Image.Image:
