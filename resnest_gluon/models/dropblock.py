@@ -1,6 +1,7 @@
 """DropBlock regularisation (Ghiasi et al., 2018) that stays correct after ``hybridize()``.
 
-This module owns :class:`DropBlock`, :func:`set_dropblock_prob` and :class:`SeededDropout`.
+This module owns :class:`DropBlock`, :func:`set_dropblock_prob`, :class:`SeededDropout` and
+:func:`train_flag` (the run-time train flag that the compiled BatchNorm reads too).
 
 Why it is written this way
 --------------------------
@@ -20,7 +21,14 @@ from mxnet.gluon import nn
 
 from .precision import narrowest
 
-__all__ = ["DropBlock", "set_dropblock_prob", "get_dropblock_prob", "SeededDropout"]
+__all__ = ["DropBlock", "set_dropblock_prob", "get_dropblock_prob", "SeededDropout",
+           "train_flag"]
+
+
+def train_flag(F, like):
+    """1 in training, 0 in inference, decided when the graph runs (see the module notes),
+    shaped like ``like``; no gradient flows through it."""
+    return F.BlockGrad(F.square(F.Dropout(F.ones_like(like), p=0.5) - 1))
 
 
 class DropBlock(nn.HybridBlock):
@@ -59,8 +67,8 @@ class DropBlock(nn.HybridBlock):
         w = F.slice_axis(shape, axis=0, begin=3, end=4)
         valid = F.maximum(h - (b - 1), 1) * F.maximum(w - (b - 1), 1)
         gamma = self.drop_prob / (b * b) * (h * w) / valid            # shape (1,)
-        train_flag = F.square(F.Dropout(F.ones_like(gamma), p=0.5) - 1)
-        gamma = F.cast(F.reshape(gamma * train_flag, (1, 1, 1, 1)), dtype=self._dtype)
+        gamma = F.cast(F.reshape(gamma * train_flag(F, gamma), (1, 1, 1, 1)),
+                       dtype=self._dtype)
         # The mask is built in x's dtype (under AMP: float16, see narrowest); only the count
         # of kept units, a sum of up to C*H*W ones that float16 cannot hold, is float32.
         noise, gamma = narrowest(F, F.random.uniform_like(x, low=0.0, high=1.0), gamma)

@@ -1,9 +1,12 @@
 """Compiled operators: building and loading the project's MXNet extension libraries.
 
-This module owns the project's two CPU operators and the one way each reaches a process:
+This module owns the project's CPU operators and the one way each reaches a process:
 
 - ``resnest_radix_sum`` (``csrc/radix_sum.cc``): split attention's weighted sum over its radix
   splits as one operator (:func:`load_radix_sum`);
+- ``resnest_batchnorm_relu`` (``csrc/batchnorm_relu.cc``, in the same library): BatchNorm and
+  ReLU over a plain-layout array, for the Winograd convolution's output, on which MXNet's
+  oneDNN BatchNorm runs a slow reference kernel (:func:`load_batchnorm_relu`);
 - ``resnest_conv3x3`` (``csrc/winograd_conv.cc``): 3x3 convolutions with oneDNN's Winograd
   kernels, which MXNet never asks for (:func:`load_winograd_conv`). It links the oneDNN of the
   ``onednn-cpu-gomp`` wheel (headers from ``onednn-devel-cpu-gomp``), installed into the
@@ -30,12 +33,14 @@ from ..native import BuildError, cached_library
 from ..native import library_path as _cached_path
 from .precision import amp_active
 
-__all__ = ["ExtensionError", "load_radix_sum", "radix_sum_available", "load_winograd_conv",
-           "winograd_conv_available", "library_path", "RADIX_SUM_OP", "CONV3X3_OP"]
+__all__ = ["ExtensionError", "load_radix_sum", "radix_sum_available", "load_batchnorm_relu",
+           "batchnorm_relu_available", "load_winograd_conv", "winograd_conv_available",
+           "library_path", "RADIX_SUM_OP", "BATCHNORM_RELU_OP", "CONV3X3_OP"]
 
 log = logging.getLogger(__name__)
 
 RADIX_SUM_OP = "resnest_radix_sum"
+BATCHNORM_RELU_OP = "resnest_batchnorm_relu"
 CONV3X3_OP = "resnest_conv3x3"
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 # -Bsymbolic: the library's references to its own copy of the extension API bind to that
@@ -50,14 +55,14 @@ ONEDNN_PACKAGES = ("onednn-cpu-gomp", "onednn-devel-cpu-gomp")
 class _Operator:
     op: str            # the operator's name in mx.nd / mx.sym
     name: str          # the library's name in the cache
-    source: str        # csrc/ file
+    sources: tuple     # csrc/ files
     what: str          # in words, for messages
     onednn: bool       # linked with the oneDNN wheel
 
 
-_RADIX_SUM = _Operator(RADIX_SUM_OP, "resnest_ops", "radix_sum.cc",
+_RADIX_SUM = _Operator(RADIX_SUM_OP, "resnest_ops", ("radix_sum.cc", "batchnorm_relu.cc"),
                        "the split-attention operator", False)
-_CONV3X3 = _Operator(CONV3X3_OP, "resnest_winograd", "winograd_conv.cc",
+_CONV3X3 = _Operator(CONV3X3_OP, "resnest_winograd", ("winograd_conv.cc",),
                      "the Winograd convolution", True)
 _state = {op: {"loaded": None, "failure": None} for op in (RADIX_SUM_OP, CONV3X3_OP)}
 _load_lock = threading.Lock()
@@ -104,7 +109,9 @@ def _build_spec(operator: _Operator):
     (and the oneDNN wheel, for the operators that use it)."""
     import mxnet
     include, api_source = _api_files(_mxnet_dir())
-    spec = dict(name=operator.name, sources=(os.path.join(_CSRC, operator.source), api_source),
+    spec = dict(name=operator.name,
+                sources=(*(os.path.join(_CSRC, source) for source in operator.sources),
+                         api_source),
                 flags=_FLAGS, key=(mxnet.__version__,), includes=(include, _CSRC),
                 headers=(os.path.join(_CSRC, "op_common.h"),))
     if operator.onednn:
@@ -201,10 +208,22 @@ def load_radix_sum(cache_dir: str = None) -> None:
     _load(_RADIX_SUM, cache_dir)
 
 
+def load_batchnorm_relu(cache_dir: str = None) -> None:
+    """Make ``mx.nd`` / ``mx.sym.resnest_batchnorm_relu`` available in this process (it lives
+    in the split-attention operator's library: :func:`load_radix_sum`)."""
+    _load(_RADIX_SUM, cache_dir)
+
+
 def radix_sum_available() -> bool:
     """Whether ``resnest_radix_sum`` is (or can now be) loaded; the first failure is logged
     once as a warning, and MXNet's own operators are used instead."""
     return _available(_RADIX_SUM, load_radix_sum, "split attention uses MXNet's batch_dot")
+
+
+def batchnorm_relu_available() -> bool:
+    """Whether ``resnest_batchnorm_relu`` is (or can now be) loaded; the first failure is
+    logged once as a warning, and MXNet's BatchNorm is used instead."""
+    return _available(_RADIX_SUM, load_batchnorm_relu, "BatchNorm uses MXNet's kernels")
 
 
 def _check_winograd_kernels(path: str) -> None:

@@ -13,7 +13,13 @@ the 3x3 convolution).
 from mxnet.gluon import nn
 
 from .dropblock import DropBlock, SeededDropout
-from .splat import PORTABLE_CONV, GroupedConv2D, SplitAttentionConv, attention_channels
+from .splat import (
+    PORTABLE_CONV,
+    BatchNormReLU,
+    GroupedConv2D,
+    SplitAttentionConv,
+    attention_channels,
+)
 
 __all__ = ["Bottleneck", "ResNeSt", "check_architecture", "stage_geometry"]
 
@@ -380,16 +386,18 @@ class ResNeSt(nn.HybridBlock):
             if min(shape[2:]) < 32:
                 raise ValueError(f"input height and width must be at least 32 (the network "
                                  f"downsamples 32x), got {shape[2:]}")
-        if self._active and any(conv.stale() for conv in self._grouped_convs()):
+        if self._active and any(block.stale() for block in self._compiled_blocks()):
             self._clear_cached_op()     # grad_req changed since the graph was traced
         return super().forward(x, *args)
 
-    def _grouped_convs(self):
-        """The network's grouped convolutions, found once (the forward pass asks each call).
-        A frozenset: Gluon warns about Blocks held in an attribute's list or tuple."""
-        found = self.__dict__.get("_grouped_conv_set")
+    def _compiled_blocks(self):
+        """The network's blocks that can run compiled operators (grouped convolutions and
+        BatchNorm+ReLU), found once (the forward pass asks each call). A frozenset: Gluon
+        warns about Blocks held in an attribute's list or tuple."""
+        found = self.__dict__.get("_compiled_block_set")
         if found is None:
             collected = []
-            self.apply(lambda b: collected.append(b) if isinstance(b, GroupedConv2D) else None)
-            found = self._grouped_conv_set = frozenset(collected)
+            self.apply(lambda b: collected.append(b)
+                       if isinstance(b, (GroupedConv2D, BatchNormReLU)) else None)
+            found = self._compiled_block_set = frozenset(collected)
         return found

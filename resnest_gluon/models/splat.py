@@ -23,12 +23,13 @@ import os
 from mxnet.gluon import nn
 
 from . import extension
-from .dropblock import SeededDropout
+from .dropblock import SeededDropout, train_flag
 from .precision import narrowest
 
 __all__ = ["SplitAttentionConv", "attention_channels", "ATTENTION_PRODUCTS",
            "attention_product_for", "PORTABLE_PRODUCT", "GROUPED_CONVS", "grouped_conv_for",
-           "GroupedConv2D", "implementations_for", "portable_products", "PORTABLE_CONV"]
+           "GroupedConv2D", "BatchNormReLU", "implementations_for", "portable_products",
+           "PORTABLE_CONV"]
 
 # How the attention weights multiply the splits and the splits are summed: the same numbers,
 # three kernels. radix_sum is the project's compiled CPU operator (models/extension.py): one
@@ -109,27 +110,47 @@ def portable_products(net):
     """Within the block, ``net``'s split-attention blocks and grouped convolutions trace
     MXNet's own operators instead of the compiled ones (same parameters and results): for
     graphs that are exported or converted to another dtype. Restored afterwards."""
-    products, convs = [], []
+    products, convs, norms = [], [], []
 
     def collect(block):
         if isinstance(block, SplitAttentionConv) and block.attention_product == "radix_sum":
             products.append(block)
         if isinstance(block, GroupedConv2D) and block.winograd:
             convs.append(block)
+        if isinstance(block, BatchNormReLU) and block.plain_kernel:
+            norms.append(block)
     net.apply(collect)
-    for block in products:
-        block.attention_product = PORTABLE_PRODUCT
-    for block in convs:
-        block.winograd = False
+    switches = ([(block, "attention_product", PORTABLE_PRODUCT, "radix_sum") for block in products]
+                + [(block, "winograd", False, True) for block in convs]
+                + [(block, "plain_kernel", False, True) for block in norms])
+    for block, attribute, portable, _ in switches:
+        setattr(block, attribute, portable)
     net._clear_cached_op()      # pylint: disable=protected-access; re-traced at the next call
     try:
         yield net
     finally:
-        for block in products:
-            block.attention_product = "radix_sum"
-        for block in convs:
-            block.winograd = True
+        for block, attribute, _, compiled in switches:
+            setattr(block, attribute, compiled)
         net._clear_cached_op()  # pylint: disable=protected-access
+
+
+def _traced(block, F, param, value):
+    """``param``'s ``value`` as a compiled operator reads it. The extension API does not pass
+    MXNet's add requests, so where gradients accumulate (``grad_req='add'``) the operator's
+    gradient lands in an intermediate array, through an identity whose own gradient adds;
+    elsewhere (the identity's copy costs memory) the value itself. The ``grad_req`` is
+    recorded on ``block`` for :func:`_stale`."""
+    block.__dict__.setdefault("_traced_grad_reqs", {})[param.name] = param.grad_req
+    return F.identity(value) if param.grad_req == "add" else value
+
+
+def _stale(block) -> bool:
+    """Whether a parameter that ``block`` passed through :func:`_traced` changed its
+    ``grad_req`` to or from 'add' since: the network must be traced again."""
+    traced = block.__dict__.get("_traced_grad_reqs", {})
+    params = {param.name: param for param in block.params.values()}
+    return any((req == "add") != (params[name].grad_req == "add")
+               for name, req in traced.items() if name in params)
 
 
 class GroupedConv2D(nn.Conv2D):
@@ -161,21 +182,10 @@ class GroupedConv2D(nn.Conv2D):
         if self.winograd:
             extension.load_winograd_conv()
 
-    def _traced_weight(self, F, weight):
-        """The weight as the Winograd operator reads it. The extension API does not pass
-        MXNet's add requests, so where gradients accumulate (``grad_req='add'``) the
-        operator's weight gradient lands in an intermediate array, through an identity whose
-        own gradient adds; elsewhere (the identity's copy costs memory) the weight itself.
-        :meth:`stale` tells a graph traced under another ``grad_req``."""
-        self.traced_grad_req = self.weight.grad_req
-        return F.identity(weight) if self.traced_grad_req == "add" else weight
-
     def stale(self) -> bool:
         """Whether the traced graph no longer honours the weight's ``grad_req`` (changed to or
         from 'add' since): the network must be traced again."""
-        traced = getattr(self, "traced_grad_req", None)
-        return (self.winograd and traced is not None
-                and (traced == "add") != (self.weight.grad_req == "add"))
+        return self.winograd and _stale(self)
 
     def _winograd_shaped(self) -> bool:
         """Whether this convolution is one the Winograd operator computes."""
@@ -193,7 +203,7 @@ class GroupedConv2D(nn.Conv2D):
             # a oneDNN-layout array): the extension API would convert it into an unplanned
             # temporary array on every call (see the radix sum)
             return getattr(F, extension.CONV3X3_OP)(F.reshape(x, (0, 0, 0, 0)),
-                                                    self._traced_weight(F, weight),
+                                                    _traced(self, F, self.weight, weight),
                                                     groups=groups)
         if not self.split_groups:
             return super().hybrid_forward(F, x, weight, bias)
@@ -204,6 +214,49 @@ class GroupedConv2D(nn.Conv2D):
         outputs = [F.Convolution(inputs[g], weights[g], *([] if bias is None else [biases[g]]),
                                  **kwargs) for g in range(groups)]
         return F.concat(*outputs, dim=1)
+
+
+class BatchNormReLU(nn.BatchNorm):
+    """``nn.BatchNorm`` followed by a ReLU (the same parameters, names and results). With
+    ``plain_kernel`` set (by :class:`SplitAttentionConv`, after the Winograd convolution) both
+    run as the compiled ``resnest_batchnorm_relu``: that convolution's output is in MXNet's
+    plain layout, where MXNet's oneDNN BatchNorm runs a reference kernel several times slower
+    than on a blocked array (docs/benchmarks.md).
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Those of ``nn.BatchNorm``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.plain_kernel = False
+
+    def _alias(self):
+        return "batchnorm"      # nn.BatchNorm's name: the published weight files' prefixes
+
+    def use_plain_kernel(self, wanted: bool) -> None:
+        """Run as the compiled operator where ``wanted``, it loads, and the settings are ones
+        it computes (scaled, over axis 1); effective from the next trace."""
+        k = self._kwargs
+        self.plain_kernel = bool(wanted and not k["fix_gamma"] and k["axis"] == 1
+                                 and extension.batchnorm_relu_available())
+
+    def stale(self) -> bool:
+        """Whether the traced graph no longer honours gamma's and beta's ``grad_req``."""
+        return self.plain_kernel and _stale(self)
+
+    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
+        if not self.plain_kernel:
+            normed = super().hybrid_forward(F, x, gamma, beta, running_mean, running_var)
+            return F.Activation(normed, act_type="relu")
+        k = self._kwargs
+        training = train_flag(F, F.slice_axis(gamma, axis=0, begin=0, end=1))
+        return getattr(F, extension.BATCHNORM_RELU_OP)(
+            x, _traced(self, F, self.gamma, gamma), _traced(self, F, self.beta, beta),
+            running_mean, running_var, training, eps=k["eps"], momentum=k["momentum"],
+            use_global_stats=int(bool(k["use_global_stats"])))[0]
 
 
 def attention_channels(in_channels: int, radix: int, reduction: int = 4, minimum: int = 32) -> int:
@@ -308,7 +361,8 @@ class SplitAttentionConv(nn.HybridBlock):
         self.conv = GroupedConv2D(channels * radix, kernel_size, strides, padding, dilation,
                                   groups=cardinality * radix, use_bias=False,
                                   in_channels=in_channels, grouped_conv=grouped_conv)
-        self.bn = nn.BatchNorm(in_channels=channels * radix, **norm_kwargs)
+        self.bn = BatchNormReLU(in_channels=channels * radix, **norm_kwargs)
+        self.bn.use_plain_kernel(self.conv.winograd)
         self.fc1 = nn.Conv2D(inter_channels, 1, in_channels=channels, groups=cardinality)
         self.bn1 = nn.BatchNorm(in_channels=inter_channels, **norm_kwargs)
         self.drop = SeededDropout(attention_dropout) if attention_dropout > 0 else None
@@ -316,7 +370,7 @@ class SplitAttentionConv(nn.HybridBlock):
                              groups=cardinality)
 
     def hybrid_forward(self, F, x):
-        x = F.Activation(self.bn(self.conv(x)), act_type="relu")
+        x = self.bn(self.conv(x))
         radix, channels = self.radix, self.channels
         # One (N, R*C, HW) plain-layout view of x serves both the context and the weighting
         # (as (N*R*C, 1, HW) rows for batch_dot), so x is never copied into splits (split

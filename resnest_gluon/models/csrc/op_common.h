@@ -1,8 +1,9 @@
 // What the project's MXNet operators share: reading an integer attribute and the float32-only
 // type rule (MXNet's extension API, include/mxnet/lib_api.h of the installed wheel).
 //
-// Included by radix_sum.cc and winograd_conv.cc; resnest_gluon/models/extension.py lists it
-// among each library's headers, so a change here rebuilds both.
+// Included by radix_sum.cc, batchnorm_relu.cc and winograd_conv.cc;
+// resnest_gluon/models/extension.py lists it among each library's headers, so a change here
+// rebuilds them all.
 #ifndef RESNEST_GLUON_OP_COMMON_H_
 #define RESNEST_GLUON_OP_COMMON_H_
 
