@@ -25,10 +25,13 @@ HAS_WINOGRAD = winograd_conv_available()
 EPS, MOMENTUM = 1e-5, 0.9
 
 
-def _reference(x, dy, gamma, beta, mean, var, batch_stats, passed):
-    """y, dx, dgamma, dbeta in float64; ``passed`` is where the ReLU let its input through
-    (taken from the operator's own output: at y == 0 either side is right)."""
-    x, dy = x.astype(np.float64), dy.astype(np.float64)
+def _reference(x, dy, dpooled, gamma, beta, mean, var, batch_stats, passed):
+    """y, its spatial means, dx, dgamma, dbeta in float64, for the gradients ``dy`` of y and
+    ``dpooled`` of the means; ``passed`` is where the ReLU let its input through (taken from
+    the operator's own output: at y == 0 either side is right)."""
+    plane = x.shape[2] * x.shape[3]
+    x = x.astype(np.float64)
+    dy = dy.astype(np.float64) + dpooled.astype(np.float64)[:, :, None, None] / plane
     axes, count = (0, 2, 3), x.size / x.shape[1]
     if batch_stats:
         mean, var = x.mean(axes), x.var(axes)
@@ -43,7 +46,7 @@ def _reference(x, dy, gamma, beta, mean, var, batch_stats, passed):
     scale = per_channel(gamma * inv)
     dx = (scale * (g - per_channel(dbeta) / count - xhat * per_channel(dgamma) / count)
           if batch_stats else g * scale)
-    return y, dx, dgamma, dbeta
+    return y, y.mean(axis=(2, 3)), dx, dgamma, dbeta
 
 
 def _close(got, expected, tol=1e-5):
@@ -59,6 +62,7 @@ def test_it_computes_batchnorm_then_relu(shape, mode):
     # a mean far from zero: the variance must not lose its precision to it
     x = rng.randn(*shape).astype(np.float32) * 3 + 40
     dy = rng.randn(*shape).astype(np.float32)
+    dpooled = rng.randn(*shape[:2]).astype(np.float32) * 10
     gamma, beta = rng.rand(channels) + 0.5, rng.randn(channels)
     moving_mean, moving_var = rng.randn(channels) + 40, rng.rand(channels) * 9 + 4
     arrays = [mx.nd.array(v) for v in (x, gamma, beta, moving_mean, moving_var)]
@@ -67,13 +71,16 @@ def test_it_computes_batchnorm_then_relu(shape, mode):
     training = mode != "predict"
     with autograd.record(train_mode=training):
         flag = mx.nd.array([1.0 if training else 0.0])
-        y = getattr(mx.nd, BATCHNORM_RELU_OP)(*arrays, flag, eps=EPS, momentum=MOMENTUM,
-                                              use_global_stats=int(mode == "frozen"))[0]
-    y.backward(mx.nd.array(dy))
+        outputs = getattr(mx.nd, BATCHNORM_RELU_OP)(*arrays, flag, eps=EPS, momentum=MOMENTUM,
+                                                    use_global_stats=int(mode == "frozen"))
+        y, pooled = outputs[0], outputs[3]
+        loss = (y * mx.nd.array(dy)).sum() + (pooled * mx.nd.array(dpooled)).sum()
+    loss.backward()
     batch_stats = mode == "train"
     passed = y.asnumpy() > 0
-    want = _reference(x, dy, gamma, beta, moving_mean, moving_var, batch_stats, passed)
-    got = (y.asnumpy(), arrays[0].grad.asnumpy(), arrays[1].grad.asnumpy(),
+    want = _reference(x, dy, dpooled, gamma, beta, moving_mean, moving_var, batch_stats,
+                      passed)
+    got = (y.asnumpy(), pooled.asnumpy(), arrays[0].grad.asnumpy(), arrays[1].grad.asnumpy(),
            arrays[2].grad.asnumpy())
     for g, w in zip(got, want):
         _close(g, w, tol=1e-4)

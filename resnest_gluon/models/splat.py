@@ -223,6 +223,10 @@ class BatchNormReLU(nn.BatchNorm):
     plain layout, where MXNet's oneDNN BatchNorm runs a reference kernel several times slower
     than on a blocked array (docs/benchmarks.md).
 
+    With ``channel_means`` also set, the compiled operator's call returns ``(y, means)``: the
+    spatial means of y per image and channel, (N, C), computed in the same pass (see
+    :attr:`returns_means`).
+
     Parameters
     ----------
     *args, **kwargs
@@ -232,6 +236,12 @@ class BatchNormReLU(nn.BatchNorm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.plain_kernel = False
+        self.channel_means = False
+
+    @property
+    def returns_means(self) -> bool:
+        """Whether a call returns ``(y, means)`` rather than y (as traced from now on)."""
+        return self.plain_kernel and self.channel_means
 
     def _alias(self):
         return "batchnorm"      # nn.BatchNorm's name: the published weight files' prefixes
@@ -253,10 +263,12 @@ class BatchNormReLU(nn.BatchNorm):
             return F.Activation(normed, act_type="relu")
         k = self._kwargs
         training = train_flag(F, F.slice_axis(gamma, axis=0, begin=0, end=1))
-        return getattr(F, extension.BATCHNORM_RELU_OP)(
+        outputs = getattr(F, extension.BATCHNORM_RELU_OP)(
             x, _traced(self, F, self.gamma, gamma), _traced(self, F, self.beta, beta),
             running_mean, running_var, training, eps=k["eps"], momentum=k["momentum"],
-            use_global_stats=int(bool(k["use_global_stats"])))[0]
+            use_global_stats=int(bool(k["use_global_stats"])))
+        # outputs: y, the mean and variance used (for its backward pass), y's spatial means
+        return (outputs[0], outputs[3]) if self.channel_means else outputs[0]
 
 
 def attention_channels(in_channels: int, radix: int, reduction: int = 4, minimum: int = 32) -> int:
@@ -363,6 +375,7 @@ class SplitAttentionConv(nn.HybridBlock):
                                   in_channels=in_channels, grouped_conv=grouped_conv)
         self.bn = BatchNormReLU(in_channels=channels * radix, **norm_kwargs)
         self.bn.use_plain_kernel(self.conv.winograd)
+        self.bn.channel_means = True
         self.fc1 = nn.Conv2D(inter_channels, 1, in_channels=channels, groups=cardinality)
         self.bn1 = nn.BatchNorm(in_channels=inter_channels, **norm_kwargs)
         self.drop = SeededDropout(attention_dropout) if attention_dropout > 0 else None
@@ -370,7 +383,8 @@ class SplitAttentionConv(nn.HybridBlock):
                              groups=cardinality)
 
     def hybrid_forward(self, F, x):
-        x = self.bn(self.conv(x))
+        normed = self.bn(self.conv(x))
+        x, means = normed if self.bn.returns_means else (normed, None)
         radix, channels = self.radix, self.channels
         # One (N, R*C, HW) plain-layout view of x serves both the context and the weighting
         # (as (N*R*C, 1, HW) rows for batch_dot), so x is never copied into splits (split
@@ -379,14 +393,16 @@ class SplitAttentionConv(nn.HybridBlock):
         # (reshape codes 0/-1 only: the ONNX exporter cannot translate code -3)
         planes = F.reshape(x, (0, 0, -1))
         # Context: the spatial mean of the sum of the splits = the sum over the splits of
-        # their channel means (global pooling on the plain view: oneDNN kernel, exported as
-        # GlobalAveragePool; the means are summed on the tiny (N, R, C) tensor).
+        # their channel means (from the compiled BatchNorm, or a global pooling on the plain
+        # view: oneDNN kernel, exported as GlobalAveragePool; the means are summed on the tiny
+        # (N, R, C) tensor).
         # x's (H, W), read off a one-channel slice (no gradient): with x itself read again
         # beside its reshape, MXNet's static memory plan kept storage of every block alive
         # (inference memory grew by about an activation per block, docs/memory.md).
         spatial = F.BlockGrad(F.slice_axis(x, axis=1, begin=0, end=1))
-        means = F.Pooling(_with_spatial(F, planes, spatial), kernel=(1, 1), global_pool=True,
-                          pool_type="avg")
+        if means is None:
+            means = F.Pooling(_with_spatial(F, planes, spatial), kernel=(1, 1),
+                              global_pool=True, pool_type="avg")
         context = F.reshape(F.sum(F.reshape(means, (0, radix, channels)), axis=1),
                             (0, 0, 1, 1))
         weights = self._weights(F, context)
