@@ -14,9 +14,9 @@
 // training, else the moving ones), which the backward pass reads; and y's spatial means per
 // image and channel, (N, C): split attention's context, here for free since y passes through
 // the registers anyway (a global pooling of y, forward and backward, cost 50 ms of a ResNeSt-50
-// training step at batch 16). As in MXNet's BatchNorm, the
-// backward pass of training updates the moving statistics in place (momentum, biased batch
-// variance): a forward pass alone leaves them alone.
+// training step at batch 16). As in MXNet's BatchNorm, the backward pass of training updates
+// the moving statistics in place (momentum, biased batch variance): a forward pass alone leaves
+// them alone.
 // Attributes: eps, momentum, use_global_stats (0/1: normalise with the moving statistics in
 // training too, and leave them alone).
 #include <algorithm>
@@ -139,11 +139,15 @@ bool batch_statistics_used(const Settings& settings, MXTensor& train) {
   return train.data<float>()[0] != 0.f && !settings.global_stats;
 }
 
-float inverse_std(float var, const Settings& settings) {
-  return static_cast<float>(1.0 / std::sqrt(var + settings.eps));
+// 1 / sqrt(var + eps) per channel.
+std::vector<float> inverse_stds(const float* var, int64_t channels, const Settings& settings) {
+  std::vector<float> invstd(channels);
+  for (int64_t c = 0; c < channels; ++c)
+    invstd[c] = static_cast<float>(1.0 / std::sqrt(var[c] + settings.eps));
+  return invstd;
 }
 
-// inputs: x, gamma, beta, moving_mean, moving_var, train; outputs: y, mean, var
+// inputs: x, gamma, beta, moving_mean, moving_var, train; outputs: y, mean, var, pooled
 MXReturnValue forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource& resource) {
   const Settings settings = settings_of(attrs);
@@ -166,11 +170,12 @@ MXReturnValue forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
     mean[c] = static_cast<float>(m);
     var[c] = static_cast<float>(v);
   }
+  const std::vector<float> invstd = inverse_stds(var, channels, settings);
   const int64_t planes = p.images * p.channels;
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < planes; ++i) {
     const int64_t c = i % p.channels;
-    const float scale = gamma[c] * inverse_std(var[c], settings);
+    const float scale = gamma[c] * invstd[c];
     const double sum = scale_bias_relu(x + i * p.plane, p.plane, scale, beta[c] - mean[c] * scale,
                                        y + i * p.plane);
     pooled[i] = static_cast<float>(sum / p.plane);
@@ -232,8 +237,7 @@ void update_moving(float* moving, const float* batch, int64_t channels, double m
 }
 
 // inputs: dy, dmean, dvar, dpooled, x, gamma, beta, moving_mean, moving_var, train, y, mean,
-// var, pooled
-// (output gradients, inputs, outputs); outputs: the gradients of the six inputs
+// var, pooled (output gradients, inputs, outputs); outputs: the gradients of the six inputs
 MXReturnValue backward(const Attributes& attrs, std::vector<MXTensor>* inputs,
                        std::vector<MXTensor>* outputs, const OpResource& resource) {
   const Settings settings = settings_of(attrs);
@@ -247,8 +251,7 @@ MXReturnValue backward(const Attributes& attrs, std::vector<MXTensor>* inputs,
   const float* y = inputs->at(out + kY).data<float>();
   const float* mean = inputs->at(out + kMean).data<float>();
   const float* var = inputs->at(out + kVar).data<float>();
-  std::vector<float> invstd(p.channels);
-  for (int64_t c = 0; c < p.channels; ++c) invstd[c] = inverse_std(var[c], settings);
+  const std::vector<float> invstd = inverse_stds(var, p.channels, settings);
   float* dx = outputs->at(kX).data<float>();
   float* dgamma = outputs->at(kGamma).data<float>();
   float* dbeta = outputs->at(kBeta).data<float>();
