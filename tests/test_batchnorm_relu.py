@@ -96,8 +96,9 @@ def test_it_computes_batchnorm_then_relu(shape, mode):
 
 
 def test_the_moving_statistics_follow_mxnets_batchnorm():
-    """Updated by the backward pass of training, as MXNet's BatchNorm does; a forward pass
-    alone (in training mode too) leaves them alone."""
+    """After training steps they equal MXNet's BatchNorm's; a forward pass in inference mode
+    leaves them alone. (Ours updates them in the forward pass, where MXNet's engine knows of
+    the write; MXNet's CPU BatchNorm in the backward pass.)"""
     load_batchnorm_relu()
     rng = np.random.RandomState(0)
     x = mx.nd.array(rng.randn(8, 32, 6, 6) * 2 + 1)
@@ -105,8 +106,9 @@ def test_the_moving_statistics_follow_mxnets_batchnorm():
         if kind == "mxnet":
             return mx.nd.relu(mx.nd.BatchNorm(x, gamma, beta, mean, var, eps=EPS,
                                               momentum=MOMENTUM, fix_gamma=False))
-        return getattr(mx.nd, BATCHNORM_RELU_OP)(x, gamma, beta, mean, var, mx.nd.ones(1),
-                                                 eps=EPS, momentum=MOMENTUM)[0]
+        flag = mx.nd.array([float(autograd.is_training())])
+        return getattr(mx.nd, BATCHNORM_RELU_OP)(x, gamma, beta, mean, var, flag, eps=EPS,
+                                                 momentum=MOMENTUM)[0]
 
     stats = {}
     for kind in ("mxnet", "ours"):
@@ -117,10 +119,13 @@ def test_the_moving_statistics_follow_mxnets_batchnorm():
                 y = forward(kind, *arrays)
             y.backward()
         stats[kind] = (arrays[2].asnumpy(), arrays[3].asnumpy())
-        with autograd.train_mode():
+        with autograd.predict_mode():
             forward(kind, *arrays).wait_to_read()
         assert np.array_equal(arrays[2].asnumpy(), stats[kind][0])
         assert np.array_equal(arrays[3].asnumpy(), stats[kind][1])
+    with autograd.train_mode():     # ours: the forward pass of training updates them
+        forward("ours", *arrays).wait_to_read()
+    assert not np.array_equal(arrays[2].asnumpy(), stats["ours"][0])
     assert np.abs(stats["mxnet"][0]).min() > 0.01
     for ours, theirs in zip(stats["ours"], stats["mxnet"]):
         _close(ours, theirs, 1e-5)

@@ -14,9 +14,12 @@
 // training, else the moving ones), which the backward pass reads; and y's spatial means per
 // image and channel, (N, C): split attention's context, here for free since y passes through
 // the registers anyway (a global pooling of y, forward and backward, cost 50 ms of a ResNeSt-50
-// training step at batch 16). As in MXNet's BatchNorm, the backward pass of training updates
-// the moving statistics in place (momentum, biased batch variance): a forward pass alone leaves
-// them alone.
+// training step at batch 16). The forward pass of training updates the moving statistics in
+// place (momentum, biased batch variance, as MXNet's BatchNorm): in the forward pass, where
+// MXNet's engine knows of the write (the operator declares them mutable), as MXNet's cuDNN
+// BatchNorm and PyTorch's do. MXNet's CPU BatchNorm updates them in its backward pass, but
+// the extension API cannot declare a backward pass's writes: an update there raced with reads
+// of the statistics (a copy taken after the step could miss it).
 // Attributes: eps, momentum, use_global_stats (0/1: normalise with the moving statistics in
 // training too, and leave them alone).
 #include <algorithm>
@@ -147,6 +150,12 @@ std::vector<float> inverse_stds(const float* var, int64_t channels, const Settin
   return invstd;
 }
 
+// moving = moving * momentum + batch * (1 - momentum), per channel
+void update_moving(float* moving, const float* batch, int64_t channels, double momentum) {
+  for (int64_t c = 0; c < channels; ++c)
+    moving[c] = static_cast<float>(moving[c] * momentum + batch[c] * (1 - momentum));
+}
+
 // inputs: x, gamma, beta, moving_mean, moving_var, train; outputs: y, mean, var, pooled
 MXReturnValue forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource& resource) {
@@ -155,8 +164,8 @@ MXReturnValue forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
   const float* x = inputs->at(kX).data<float>();
   const float* gamma = inputs->at(kGamma).data<float>();
   const float* beta = inputs->at(kBeta).data<float>();
-  const float* moving_mean = inputs->at(kMovingMean).data<float>();
-  const float* moving_var = inputs->at(kMovingVar).data<float>();
+  float* moving_mean = inputs->at(kMovingMean).data<float>();
+  float* moving_var = inputs->at(kMovingVar).data<float>();
   const bool batch_stats = batch_statistics_used(settings, inputs->at(kTrain));
   float* y = outputs->at(kY).data<float>();
   float* mean = outputs->at(kMean).data<float>();
@@ -169,6 +178,10 @@ MXReturnValue forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
     if (batch_stats) batch_statistics(x, p, c, &m, &v);
     mean[c] = static_cast<float>(m);
     var[c] = static_cast<float>(v);
+  }
+  if (batch_stats) {
+    update_moving(moving_mean, mean, channels, settings.momentum);
+    update_moving(moving_var, var, channels, settings.momentum);
   }
   const std::vector<float> invstd = inverse_stds(var, channels, settings);
   const int64_t planes = p.images * p.channels;
@@ -230,12 +243,6 @@ PLANE_LOOP void input_gradient(const float* __restrict dy, float spread,
   }
 }
 
-// moving = moving * momentum + batch * (1 - momentum), per channel
-void update_moving(float* moving, const float* batch, int64_t channels, double momentum) {
-  for (int64_t c = 0; c < channels; ++c)
-    moving[c] = static_cast<float>(moving[c] * momentum + batch[c] * (1 - momentum));
-}
-
 // inputs: dy, dmean, dvar, dpooled, x, gamma, beta, moving_mean, moving_var, train, y, mean,
 // var, pooled (output gradients, inputs, outputs); outputs: the gradients of the six inputs
 MXReturnValue backward(const Attributes& attrs, std::vector<MXTensor>* inputs,
@@ -282,12 +289,6 @@ MXReturnValue backward(const Attributes& attrs, std::vector<MXTensor>* inputs,
     const int64_t at = i * p.plane;
     input_gradient(dy + at, dpooled[i] / p.plane, y + at, x + at, p.plane, mean[c], scale, slope,
                    offset, dx + at);
-  }
-  if (batch_stats) {
-    // the moving statistics are inputs of this pass; nothing else reads them before the next
-    // forward pass, which waits for this one (MXNet's BatchNorm writes them here too)
-    update_moving(inputs->at(in + kMovingMean).data<float>(), mean, p.channels, settings.momentum);
-    update_moving(inputs->at(in + kMovingVar).data<float>(), var, p.channels, settings.momentum);
   }
   // the moving statistics and the mode take no gradient
   for (int i : {kMovingMean, kMovingVar, kTrain}) {
