@@ -74,9 +74,15 @@ $(PEERS_STAMP): $(DEPS_STAMP) $(PEERS_FILE)
 env: $(DEPS_STAMP) $(PEERS_STAMP)
 	@if [ "$$(cat $(VENV)/.source-dir 2>/dev/null)" != "$(CURDIR)" ]; then \
 	  echo ">>> installing resnest_gluon (editable) from $(CURDIR)"; \
+	  $(VPY) -m pip uninstall --quiet -y resnest-gluon >/dev/null 2>&1; \
 	  $(VPY) -m pip install --quiet --no-deps --no-build-isolation -e . && \
 	  echo "$(CURDIR)" > $(VENV)/.source-dir; \
 	fi
+	@# the previous clone's path must not shadow this one (pip leaves old entries behind)
+	@cd / && found=$$($(VPY) -c "import os, resnest_gluon; print(os.path.dirname(os.path.dirname(resnest_gluon.__file__)))") && \
+	  if [ "$$found" != "$(CURDIR)" ]; then \
+	    echo "error: the environment imports resnest_gluon from $$found, not $(CURDIR): remove that path from $(VENV)/lib/python*/site-packages/easy-install.pth" >&2; exit 1; \
+	  fi
 	@$(VPY) -m resnest_gluon.models.extension 2>&1 | tail -2 || true
 	@$(VPY) -c "import sys; from resnest_gluon.data.resample import main; sys.exit(main())" \
 	  2>&1 | tail -1 || true

@@ -15,7 +15,9 @@ from mxnet import autograd
 from resnest_gluon.models import get_model
 from resnest_gluon.models.extension import (
     BATCHNORM_RELU_OP,
+    from_group_blocked,
     load_batchnorm_relu,
+    to_group_blocked,
     winograd_conv_available,
 )
 from resnest_gluon.models.splat import BatchNormReLU, grouped_conv_for, portable_products
@@ -53,10 +55,17 @@ def _close(got, expected, tol=1e-5):
     np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("shape", [(4, 32, 7, 9), (3, 16, 14, 14), (2, 48, 5, 3)])
+@pytest.mark.parametrize("shape", [(4, 32, 7, 9), (3, 16, 14, 14), (2, 48, 5, 3),
+                                   (2, 32, 20, 20)])
 @pytest.mark.parametrize("mode", ["train", "predict", "frozen"])
-def test_it_computes_batchnorm_then_relu(shape, mode):
+@pytest.mark.parametrize("layout", ["plain", "one group blocked", "groups of 16 blocked"])
+def test_it_computes_batchnorm_then_relu(shape, mode, layout):
+    """Also with x (and so its gradient) in the group-blocked layout of the Winograd
+    operator's output (AVX-512 code, used only where that operator runs)."""
     load_batchnorm_relu()
+    groups = {"plain": 0, "one group blocked": 1, "groups of 16 blocked": shape[1] // 16}[layout]
+    if groups and not HAS_WINOGRAD:
+        return
     rng = np.random.RandomState(sum(shape))
     channels = shape[1]
     # a mean far from zero: the variance must not lose its precision to it
@@ -65,14 +74,16 @@ def test_it_computes_batchnorm_then_relu(shape, mode):
     dpooled = rng.randn(*shape[:2]).astype(np.float32) * 10
     gamma, beta = rng.rand(channels) + 0.5, rng.randn(channels)
     moving_mean, moving_var = rng.randn(channels) + 40, rng.rand(channels) * 9 + 4
-    arrays = [mx.nd.array(v) for v in (x, gamma, beta, moving_mean, moving_var)]
+    x_in = to_group_blocked(x, groups) if groups else x
+    arrays = [mx.nd.array(v) for v in (x_in, gamma, beta, moving_mean, moving_var)]
     for array in arrays[:3]:
         array.attach_grad()
     training = mode != "predict"
     with autograd.record(train_mode=training):
         flag = mx.nd.array([1.0 if training else 0.0])
         outputs = getattr(mx.nd, BATCHNORM_RELU_OP)(*arrays, flag, eps=EPS, momentum=MOMENTUM,
-                                                    use_global_stats=int(mode == "frozen"))
+                                                    use_global_stats=int(mode == "frozen"),
+                                                    blocked_groups=groups)
         y, pooled = outputs[0], outputs[3]
         loss = (y * mx.nd.array(dy)).sum() + (pooled * mx.nd.array(dpooled)).sum()
     loss.backward()
@@ -80,8 +91,9 @@ def test_it_computes_batchnorm_then_relu(shape, mode):
     passed = y.asnumpy() > 0
     want = _reference(x, dy, dpooled, gamma, beta, moving_mean, moving_var, batch_stats,
                       passed)
-    got = (y.asnumpy(), pooled.asnumpy(), arrays[0].grad.asnumpy(), arrays[1].grad.asnumpy(),
-           arrays[2].grad.asnumpy())
+    dx = arrays[0].grad.asnumpy()
+    got = (y.asnumpy(), pooled.asnumpy(), from_group_blocked(dx, groups) if groups else dx,
+           arrays[1].grad.asnumpy(), arrays[2].grad.asnumpy())
     for g, w in zip(got, want):
         _close(g, w, tol=1e-4)
     assert 0.2 < passed.mean() < 0.8

@@ -12,7 +12,12 @@ import pytest
 from mxnet import autograd
 
 from resnest_gluon.models import get_model
-from resnest_gluon.models.extension import winograd_conv_available
+from resnest_gluon.models.extension import (
+    CONV3X3_OP,
+    from_group_blocked,
+    to_group_blocked,
+    winograd_conv_available,
+)
 from resnest_gluon.models.splat import (
     GroupedConv2D,
     grouped_conv_for,
@@ -66,6 +71,45 @@ def test_it_computes_mxnets_convolution(batch, in_channels, channels, size, grou
     for expected, got in zip(reference, winograd):
         # Winograd's transforms round differently: about 1e-6 of the scale, 1e-5 at most
         assert np.abs(got - expected).max() <= 2e-5 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("batch,in_channels,channels,size,groups", [
+    (2, 32, 64, 9, 2),
+    (5, 64, 128, 52, 2),        # chunks of 2, 2 and 1 image per group
+    (3, 64, 192, 7, 4),         # 48 output channels per group: three blocks
+    (2, 1024, 1024, 6, 2),      # the direct weight-gradient kernel
+])
+def test_its_blocked_output_is_the_plain_one_in_the_group_blocked_layout(
+        batch, in_channels, channels, size, groups):
+    """With blocked_output=1 (before the compiled BatchNorm) y is written, and dy read, in the
+    group-blocked layout: the same values, x's and the weight's gradients the same."""
+    if not HAS_WINOGRAD:
+        assert grouped_conv_for("cpu") == "split-narrow"
+        return
+    rng = np.random.RandomState(size)
+    x = mx.nd.array(rng.normal(size=(batch, in_channels, size, size)))
+    dy = rng.normal(size=(batch, channels, size, size)).astype(np.float32)
+    weight = mx.nd.array(rng.normal(0, 0.1, (channels, in_channels // groups, 3, 3)))
+    results = []
+    for blocked in (0, 1):
+        data, w = x.copy(), weight.copy()
+        data.attach_grad()
+        w.attach_grad()
+        with autograd.record():
+            y = getattr(mx.nd, CONV3X3_OP)(data, w, groups=groups, blocked_output=blocked)
+        y.backward(mx.nd.array(to_group_blocked(dy, groups) if blocked else dy))
+        values = from_group_blocked(y.asnumpy(), groups) if blocked else y.asnumpy()
+        results.append((values, data.grad.asnumpy(), w.grad.asnumpy()))
+    for plain, blocked in zip(*results):
+        np.testing.assert_array_equal(blocked, plain)
+
+
+def test_its_blocked_output_needs_whole_channel_blocks():
+    if not HAS_WINOGRAD:
+        return
+    x, weight = mx.nd.ones((1, 48, 8, 8)), mx.nd.ones((72, 16, 3, 3))  # 24 outputs per group
+    with pytest.raises(mx.MXNetError, match="multiple of 16 output channels"):
+        getattr(mx.nd, CONV3X3_OP)(x, weight, groups=3, blocked_output=1).wait_to_read()
 
 
 def test_only_stride_one_3x3_convolutions_with_aligned_groups_use_it():

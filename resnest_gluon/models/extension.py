@@ -10,7 +10,9 @@ This module owns the project's CPU operators and the one way each reaches a proc
 - ``resnest_conv3x3`` (``csrc/winograd_conv.cc``): 3x3 convolutions with oneDNN's Winograd
   kernels, which MXNet never asks for (:func:`load_winograd_conv`). It links the oneDNN of the
   ``onednn-cpu-gomp`` wheel (headers from ``onednn-devel-cpu-gomp``), installed into the
-  environment by ``make env``; CPUs without AVX-512 have no such kernels.
+  environment by ``make env``; CPUs without AVX-512 have no such kernels. Before the compiled
+  BatchNorm it leaves its output in the kernels' "group-blocked" layout, which that operator
+  reads (:func:`to_group_blocked` states it in NumPy).
 
 Each is compiled against the installed MXNet's extension API (``include/mxnet/lib_api.h`` and
 ``src/lib_api.cc``, shipped in the wheel) once per source and version, cached, and loaded with
@@ -35,7 +37,8 @@ from .precision import amp_active
 
 __all__ = ["ExtensionError", "load_radix_sum", "radix_sum_available", "load_batchnorm_relu",
            "batchnorm_relu_available", "load_winograd_conv", "winograd_conv_available",
-           "library_path", "RADIX_SUM_OP", "BATCHNORM_RELU_OP", "CONV3X3_OP"]
+           "library_path", "RADIX_SUM_OP", "BATCHNORM_RELU_OP", "CONV3X3_OP",
+           "to_group_blocked", "from_group_blocked"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,36 @@ _load_lock = threading.Lock()
 class ExtensionError(BuildError):
     """An extension library could not be built or loaded (the message says why; a missing
     compiler or an unwritable cache is the environment's to fix)."""
+
+
+# The channel block of the group-blocked layout (oneDNN's aBcd16b, AVX-512's 16 floats).
+GROUP_BLOCK = 16
+
+
+def to_group_blocked(array, groups: int):
+    """A (N, C, H, W) NumPy array in the group-blocked layout, as the same shape.
+
+    The Winograd operator with ``blocked_output=1`` writes, and the compiled BatchNorm with
+    ``blocked_groups=groups`` reads, its (N, C, H, W) output this way: per group of
+    ``C / groups`` channels and per image, the kernels' array of 16-channel blocks, each the
+    16 channels' values position after position. Element (n, c, h, w), with c in group g and
+    block b of it, lane l, lies at ``((g N + n) C/groups + 16 b) H W + 16 (h W + w) + l``.
+    """
+    import numpy as np
+    n, c, h, w = array.shape
+    blocks = c // groups // GROUP_BLOCK
+    grouped = array.reshape(n, groups, blocks, GROUP_BLOCK, h, w)
+    return np.ascontiguousarray(grouped.transpose(1, 0, 2, 4, 5, 3)).reshape(n, c, h, w)
+
+
+def from_group_blocked(array, groups: int):
+    """The (N, C, H, W) NumPy array whose group-blocked form is ``array`` (the inverse of
+    :func:`to_group_blocked`)."""
+    import numpy as np
+    n, c, h, w = array.shape
+    blocks = c // groups // GROUP_BLOCK
+    grouped = array.reshape(groups, n, blocks, h, w, GROUP_BLOCK)
+    return np.ascontiguousarray(grouped.transpose(1, 0, 2, 5, 3, 4)).reshape(n, c, h, w)
 
 
 def _mxnet_dir() -> str:

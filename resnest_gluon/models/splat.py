@@ -179,6 +179,9 @@ class GroupedConv2D(nn.Conv2D):
         self.split_groups = (grouped_conv != "single" and groups > 1
                              and width % ONEDNN_CHANNEL_BLOCK != 0)
         self.winograd = grouped_conv == "winograd" and self._winograd_shaped()
+        # set by SplitAttentionConv where its compiled BatchNorm reads the output: the Winograd
+        # operator then leaves it in the kernels' group-blocked layout, no copy back
+        self.blocked_output = False
         if self.winograd:
             extension.load_winograd_conv()
 
@@ -204,7 +207,8 @@ class GroupedConv2D(nn.Conv2D):
             # temporary array on every call (see the radix sum)
             return getattr(F, extension.CONV3X3_OP)(F.reshape(x, (0, 0, 0, 0)),
                                                     _traced(self, F, self.weight, weight),
-                                                    groups=groups)
+                                                    groups=groups,
+                                                    blocked_output=int(self.blocked_output))
         if not self.split_groups:
             return super().hybrid_forward(F, x, weight, bias)
         kwargs = dict(self._kwargs, num_group=1, num_filter=self._channels // groups)
@@ -225,7 +229,9 @@ class BatchNormReLU(nn.BatchNorm):
 
     With ``channel_means`` also set, the compiled operator's call returns ``(y, means)``: the
     spatial means of y per image and channel, (N, C), computed in the same pass (see
-    :attr:`returns_means`).
+    :attr:`returns_means`). With ``blocked_groups`` > 0 its input is the group-blocked output
+    of a Winograd convolution with that many groups (``GroupedConv2D.blocked_output``); y is
+    plain.
 
     Parameters
     ----------
@@ -237,6 +243,7 @@ class BatchNormReLU(nn.BatchNorm):
         super().__init__(*args, **kwargs)
         self.plain_kernel = False
         self.channel_means = False
+        self.blocked_groups = 0
 
     @property
     def returns_means(self) -> bool:
@@ -266,7 +273,7 @@ class BatchNormReLU(nn.BatchNorm):
         outputs = getattr(F, extension.BATCHNORM_RELU_OP)(
             x, _traced(self, F, self.gamma, gamma), _traced(self, F, self.beta, beta),
             running_mean, running_var, training, eps=k["eps"], momentum=k["momentum"],
-            use_global_stats=int(bool(k["use_global_stats"])))
+            use_global_stats=int(bool(k["use_global_stats"])), blocked_groups=self.blocked_groups)
         # outputs: y, the mean and variance used (for its backward pass), y's spatial means
         return (outputs[0], outputs[3]) if self.channel_means else outputs[0]
 
@@ -382,7 +389,17 @@ class SplitAttentionConv(nn.HybridBlock):
         self.fc2 = nn.Conv2D(channels * radix, 1, in_channels=inter_channels,
                              groups=cardinality)
 
+    def _hand_over_blocked(self):
+        """Where both the Winograd operator and the compiled BatchNorm run (as traced now),
+        the convolution's output stays in the kernels' group-blocked layout and the BatchNorm
+        reads that: the operator's copy back to the plain layout (about 8% of its time in
+        inference) goes. Nothing else reads that output."""
+        handoff = self.conv.winograd and self.bn.plain_kernel
+        self.conv.blocked_output = handoff
+        self.bn.blocked_groups = self.conv._kwargs["num_group"] if handoff else 0
+
     def hybrid_forward(self, F, x):
+        self._hand_over_blocked()
         normed = self.bn(self.conv(x))
         x, means = normed if self.bn.returns_means else (normed, None)
         radix, channels = self.radix, self.channels
