@@ -159,7 +159,9 @@ def _assert_same(a, b):
 def test_every_attention_product_computes_the_same_values_and_gradients(radix, cardinality):
     rng = np.random.RandomState(7 + radix)
     channels = 16 * cardinality
-    x = mx.nd.array(rng.normal(size=(2, channels, 5, 6)).astype("float32"))
+    # 8 images: the attention's BatchNorm over 2 would amplify float32 rounding (radix_sum's
+    # network runs the compiled BatchNorm after its narrow groups, the others MXNet's)
+    x = mx.nd.array(rng.normal(size=(8, channels, 5, 6)).astype("float32"))
     results = [_outputs_and_gradients(x, channels=channels, cardinality=cardinality,
                                       radix=radix, in_channels=channels,
                                       attention_product=product)[1]

@@ -56,6 +56,9 @@ def _values_and_gradients(conv, x, dy, weight):
     (3, 64, 128, 88, 1),        # one image per chunk
     (2, 1024, 1024, 6, 2),      # weight gradient by the direct kernel (Winograd's scratch
                                 # for 512x512 weights passes 32 MB on any thread count)
+    (3, 160, 640, 10, 8),       # 4s2x40d's second stage: 20 -> 80 channels per group, the
+                                # input padded to two 16-channel blocks inside the kernels
+    (2, 40, 40, 11, 1),         # 1s2x40d's first stage: 40 -> 40, both padded to 48
 ])
 def test_it_computes_mxnets_convolution(batch, in_channels, channels, size, groups):
     if not HAS_WINOGRAD:
@@ -65,9 +68,9 @@ def test_it_computes_mxnets_convolution(batch, in_channels, channels, size, grou
     x = mx.nd.array(rng.normal(size=(batch, in_channels, size, size)))
     dy = mx.nd.array(rng.normal(size=(batch, channels, size, size)))
     weight = mx.nd.array(rng.normal(0, 0.1, (channels, in_channels // groups, 3, 3)))
-    reference, winograd = (
-        _values_and_gradients(_conv(kind, in_channels, channels, groups), x, dy, weight)
-        for kind in ("single", "winograd"))
+    convs = [_conv(kind, in_channels, channels, groups) for kind in ("single", "winograd")]
+    assert convs[1].winograd
+    reference, winograd = (_values_and_gradients(conv, x, dy, weight) for conv in convs)
     for expected, got in zip(reference, winograd):
         # Winograd's transforms round differently: about 1e-6 of the scale, 1e-5 at most
         assert np.abs(got - expected).max() <= 2e-5 * np.abs(expected).max()
@@ -112,7 +115,7 @@ def test_its_blocked_output_needs_whole_channel_blocks():
         getattr(mx.nd, CONV3X3_OP)(x, weight, groups=3, blocked_output=1).wait_to_read()
 
 
-def test_only_stride_one_3x3_convolutions_with_aligned_groups_use_it():
+def test_only_stride_one_3x3_convolutions_with_groups_near_whole_blocks_use_it():
     def uses(**kwargs):
         in_channels, channels, groups = (kwargs.pop(k) for k in ("cin", "cout", "groups"))
         return GroupedConv2D(channels, kwargs.pop("kernel", 3), kwargs.pop("strides", 1),
@@ -128,7 +131,13 @@ def test_only_stride_one_3x3_convolutions_with_aligned_groups_use_it():
     assert not uses(cin=128, cout=256, groups=2, dilation=2, padding=2)
     assert not uses(cin=128, cout=256, groups=2, kernel=1, padding=0)
     assert not uses(cin=128, cout=256, groups=2, use_bias=True)
-    assert not uses(cin=80, cout=160, groups=8)            # groups of 10 channels: split
+    # groups padded to whole 16-channel blocks: up to 1.6x the multiplications (the zoo's)
+    assert uses(cin=160, cout=640, groups=8) == HAS_WINOGRAD    # 20 -> 80: 1.6x
+    assert uses(cin=320, cout=1280, groups=8) == HAS_WINOGRAD   # 40 -> 160: 1.2x
+    assert uses(cin=40, cout=40, groups=1) == HAS_WINOGRAD      # 40 -> 40: 1.44x
+    assert not uses(cin=80, cout=320, groups=8)            # 10 -> 40: 1.92x, split
+    assert not uses(cin=96, cout=96, groups=4)             # 24 -> 24: 1.78x
+    assert not uses(cin=80, cout=160, groups=4)            # 20 -> 40: 1.92x
 
 
 @pytest.mark.parametrize("grad_req", ["write", "add", "null"])

@@ -243,9 +243,10 @@ class ResNeSt(nn.HybridBlock):
         operator, fastest in float32; ``batch_dot``, MXNet's fastest on CPUs; or
         ``broadcast_mul``, for GPUs); the same network and results either way.
     grouped_conv : str
-        How grouped 3x3 convolutions run (``split-narrow``, fastest on CPUs, or ``single``,
-        for GPUs; see :class:`~resnest_gluon.models.splat.GroupedConv2D`); the same network,
-        parameters and results either way.
+        How grouped 3x3 convolutions run (``winograd``, the compiled CPU operator, fastest in
+        float32; ``split-narrow``, MXNet's fastest on CPUs; or ``single``, for GPUs; see
+        :class:`~resnest_gluon.models.splat.GroupedConv2D`); the same network, parameters and
+        results either way.
     features_only : bool
         Build the backbone only (no pooling, dropout or classifier).
     out_indices : sequence of int

@@ -18,6 +18,7 @@ The weighted sum over the splits has three implementations with the same results
 formulations in MXNet's own operators, one for CPUs and exported graphs and one for GPUs.
 """
 import contextlib
+import math
 import os
 
 from mxnet.gluon import nn
@@ -67,11 +68,17 @@ def attention_product_for(device_type: str, dtype: str = "float32") -> str:
 # oneDNN's 16-channel block: oneDNN has no blocked kernel for such groups and falls back to
 # im2col + GEMM (the 2x40d and 4x24d variants ran at a quarter of ResNet-D's FLOP rate); split,
 # the dense convolutions get its fast kernels (docs/benchmarks.md). "winograd" runs 3x3
-# convolutions (stride 1, 16-channel-aligned groups) with oneDNN's Winograd kernels through
-# the project's compiled operator (models/extension.py; CPUs with AVX-512, float32), about
-# twice as fast as MXNet's direct ones; other convolutions run as with "split-narrow".
+# convolutions (stride 1) with oneDNN's Winograd kernels through the project's compiled
+# operator (models/extension.py; CPUs with AVX-512, float32), about twice as fast as MXNet's
+# direct ones; other convolutions run as with "split-narrow".
 GROUPED_CONVS = ("single", "split-narrow", "winograd")
 ONEDNN_CHANNEL_BLOCK = 16
+# The Winograd kernels pad each group's input and output channels to whole 16-channel blocks.
+# Up to this factor of padded multiplications they still beat the direct or im2col kernels
+# (measured per group shape of the zoo, batch 16, forward and backward: 20->80 and 40->40
+# channels won by 1.2-1.5x at 1.6x and 1.44x; 24->24, 20->40 and 10->40 lost or tied at
+# 1.78x and 1.92x; docs/benchmarks.md).
+WINOGRAD_MAX_PADDING = 1.6
 PORTABLE_CONV = "split-narrow"
 
 
@@ -153,6 +160,11 @@ def _stale(block) -> bool:
                for name, req in traced.items() if name in params)
 
 
+def _whole_blocks(width: int) -> int:
+    """``width`` channels rounded up to whole oneDNN channel blocks."""
+    return -(-width // ONEDNN_CHANNEL_BLOCK) * ONEDNN_CHANNEL_BLOCK
+
+
 class GroupedConv2D(nn.Conv2D):
     """``nn.Conv2D`` (same parameters, names and results) that can run its groups as separate
     dense convolutions, or as the compiled Winograd operator.
@@ -163,8 +175,10 @@ class GroupedConv2D(nn.Conv2D):
         One of :data:`GROUPED_CONVS`. With "split-narrow", a convolution whose groups are
         narrower than, or not a multiple of, 16 input channels splits its input and weight
         per group, convolves each and concatenates the outputs. With "winograd", a 3x3
-        convolution with stride 1, padding 1, no dilation or bias and groups of multiples of
-        16 channels runs as ``resnest_conv3x3``; any other as with "split-narrow".
+        convolution with stride 1, padding 1, no dilation or bias runs as
+        ``resnest_conv3x3`` where padding its groups to whole 16-channel blocks costs at most
+        :data:`WINOGRAD_MAX_PADDING` times the multiplications; any other as with
+        "split-narrow".
     *args, **kwargs
         Those of ``nn.Conv2D`` (``in_channels`` and ``groups`` must be given).
     """
@@ -193,11 +207,17 @@ class GroupedConv2D(nn.Conv2D):
     def _winograd_shaped(self) -> bool:
         """Whether this convolution is one the Winograd operator computes."""
         k = self._kwargs
-        aligned = all(width % ONEDNN_CHANNEL_BLOCK == 0 for width in
-                      (self._in_channels // k["num_group"], self._channels // k["num_group"]))
+        widths = (self._in_channels // k["num_group"], self._channels // k["num_group"])
+        padding = math.prod(_whole_blocks(w) / w for w in widths)
         return (tuple(k["kernel"]) == (3, 3) and tuple(k["stride"]) == (1, 1)
                 and tuple(k["pad"]) == (1, 1) and tuple(k["dilate"]) == (1, 1)
-                and k["no_bias"] and aligned)
+                and k["no_bias"] and padding <= WINOGRAD_MAX_PADDING)
+
+    @property
+    def group_blocks(self) -> bool:
+        """Whether every group's output channels fill whole 16-channel blocks (the
+        Winograd operator's group-blocked output needs them)."""
+        return (self._channels // self._kwargs["num_group"]) % ONEDNN_CHANNEL_BLOCK == 0
 
     def hybrid_forward(self, F, x, weight, bias=None):
         groups = self._kwargs["num_group"]
@@ -381,7 +401,12 @@ class SplitAttentionConv(nn.HybridBlock):
                                   groups=cardinality * radix, use_bias=False,
                                   in_channels=in_channels, grouped_conv=grouped_conv)
         self.bn = BatchNormReLU(in_channels=channels * radix, **norm_kwargs)
-        self.bn.use_plain_kernel(self.conv.winograd)
+        # The compiled BatchNorm wherever its input is plain-layout and the compiled operators
+        # run (radix_sum: CPUs, float32): after the Winograd operator, and after narrow groups
+        # run apart, whose concatenated output oneDNN's BatchNorm also reads with its
+        # reference kernel (7% of a 4s2x40d training step, docs/benchmarks.md).
+        self.bn.use_plain_kernel(self.conv.winograd or (self.conv.split_groups
+                                                        and attention_product == "radix_sum"))
         self.bn.channel_means = True
         self.fc1 = nn.Conv2D(inter_channels, 1, in_channels=channels, groups=cardinality)
         self.bn1 = nn.BatchNorm(in_channels=inter_channels, **norm_kwargs)
@@ -394,7 +419,7 @@ class SplitAttentionConv(nn.HybridBlock):
         the convolution's output stays in the kernels' group-blocked layout and the BatchNorm
         reads that: the operator's copy back to the plain layout (about 8% of its time in
         inference) goes. Nothing else reads that output."""
-        handoff = self.conv.winograd and self.bn.plain_kernel
+        handoff = self.conv.winograd and self.conv.group_blocks and self.bn.plain_kernel
         self.conv.blocked_output = handoff
         self.bn.blocked_groups = self.conv._kwargs["num_group"] if handoff else 0
 
