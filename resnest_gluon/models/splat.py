@@ -75,9 +75,9 @@ GROUPED_CONVS = ("single", "split-narrow", "winograd")
 ONEDNN_CHANNEL_BLOCK = 16
 # The Winograd kernels pad each group's input and output channels to whole 16-channel blocks.
 # Up to this factor of padded multiplications they still beat the direct or im2col kernels
-# (measured per group shape of the zoo, batch 16, forward and backward: 20->80 and 40->40
-# channels won by 1.2-1.5x at 1.6x and 1.44x; 24->24, 20->40 and 10->40 lost or tied at
-# 1.78x and 1.92x; docs/benchmarks.md).
+# (measured per group shape of the zoo, batch 16, forward and backward: 20->80, 40->40 and
+# 40->160 channels won by 1.25-1.6x at 1.6x, 1.44x and 1.2x; 24->24, 20->40 and 10->40 lost
+# or tied at 1.78x and 1.92x; docs/benchmarks.md).
 WINOGRAD_MAX_PADDING = 1.6
 PORTABLE_CONV = "split-narrow"
 
