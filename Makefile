@@ -70,19 +70,22 @@ $(PEERS_STAMP): $(DEPS_STAMP) $(PEERS_FILE)
 	touch $@
 
 # The package itself is installed editable into the shared environment; re-pointed when the
-# environment is used from another clone.
+# environment is used from another clone (scripts/point_env_at_clone.py removes the other
+# clones' paths, which pip leaves behind ahead of the new one), then checked.
+WHICH_CLONE := cd / && $(VPY) -c "import os, resnest_gluon; print(os.path.dirname(os.path.dirname(resnest_gluon.__file__)))" 2>/dev/null
+
 env: $(DEPS_STAMP) $(PEERS_STAMP)
-	@if [ "$$(cat $(VENV)/.source-dir 2>/dev/null)" != "$(CURDIR)" ]; then \
+	@if [ "$$(cat $(VENV)/.source-dir 2>/dev/null)" != "$(CURDIR)" ] \
+	    || [ "$$($(WHICH_CLONE))" != "$(CURDIR)" ]; then \
 	  echo ">>> installing resnest_gluon (editable) from $(CURDIR)"; \
-	  $(VPY) -m pip uninstall --quiet -y resnest-gluon >/dev/null 2>&1; \
+	  rm -f $(VENV)/.source-dir; \
+	  $(VPY) scripts/point_env_at_clone.py $(CURDIR) && \
 	  $(VPY) -m pip install --quiet --no-deps --no-build-isolation -e . && \
 	  echo "$(CURDIR)" > $(VENV)/.source-dir; \
 	fi
-	@# the previous clone's path must not shadow this one (pip leaves old entries behind)
-	@cd / && found=$$($(VPY) -c "import os, resnest_gluon; print(os.path.dirname(os.path.dirname(resnest_gluon.__file__)))") && \
-	  if [ "$$found" != "$(CURDIR)" ]; then \
-	    echo "error: the environment imports resnest_gluon from $$found, not $(CURDIR): remove that path from $(VENV)/lib/python*/site-packages/easy-install.pth" >&2; exit 1; \
-	  fi
+	@found=$$($(WHICH_CLONE)); if [ "$$found" != "$(CURDIR)" ]; then \
+	  echo "error: the environment $(VENV) imports resnest_gluon from '$$found', not $(CURDIR)" >&2; \
+	  exit 1; fi
 	@$(VPY) -m resnest_gluon.models.extension 2>&1 | tail -2 || true
 	@$(VPY) -c "import sys; from resnest_gluon.data.resample import main; sys.exit(main())" \
 	  2>&1 | tail -1 || true
