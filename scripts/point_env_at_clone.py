@@ -34,11 +34,13 @@ def clean_pth_file(pth_file, clone):
     """Remove other clones' lines from one ``.pth`` file; return the removed lines."""
     with open(pth_file, encoding="utf-8") as handle:
         lines = handle.readlines()
-    kept = [line for line in lines if not is_other_clone(line, clone)]
-    if len(kept) != len(lines):
+    kept, removed = [], []
+    for line in lines:
+        (removed if is_other_clone(line, clone) else kept).append(line)
+    if removed:
         with open(pth_file, "w", encoding="utf-8") as handle:
             handle.writelines(kept)
-    return [line.strip() for line in lines if line not in kept]
+    return [line.strip() for line in removed]
 
 
 def remove_other_egg_links(site_packages, clone):

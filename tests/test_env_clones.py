@@ -17,17 +17,18 @@ def _clone(folder):
     return str(folder)
 
 
-def _site_packages(python):
+def _environment(folder):
+    """A new virtual environment in ``folder`` (no pip): its Python and its site-packages."""
+    venv.EnvBuilder(with_pip=False).create(folder)
+    python = str(folder / "bin" / "python")
     where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    return subprocess.run([python, "-c", where], capture_output=True, text=True,
+    site = subprocess.run([python, "-c", where], capture_output=True, text=True,
                           check=True).stdout.strip()
+    return python, site
 
 
 def test_other_clones_paths_go_and_the_new_clone_imports(tmp_path):
-    env = tmp_path / "env"
-    venv.EnvBuilder(with_pip=False).create(env)
-    python = str(env / "bin" / "python")
-    site = _site_packages(python)
+    python, site = _environment(tmp_path / "env")
     old, older, new = (_clone(tmp_path / name) for name in ("old", "older", "new"))
     unrelated = tmp_path / "other_project"
     unrelated.mkdir()
@@ -51,10 +52,7 @@ def test_other_clones_paths_go_and_the_new_clone_imports(tmp_path):
 
 
 def test_the_new_clones_own_egg_link_stays(tmp_path):
-    env = tmp_path / "env"
-    venv.EnvBuilder(with_pip=False).create(env)
-    python = str(env / "bin" / "python")
-    site = _site_packages(python)
+    python, site = _environment(tmp_path / "env")
     new = _clone(tmp_path / "new")
     with open(os.path.join(site, "resnest-gluon.egg-link"), "w") as link:
         link.write(new + "\n.")
